@@ -1,0 +1,15 @@
+"""The catalog: DuckDB tables plus the content-addressed image store."""
+
+from ocrcat.catalog.images import BadImage, ImageStore, StoredImage
+from ocrcat.catalog.store import Catalog, CatalogBusy, CatalogError, resolve_dir, sample_id
+
+__all__ = [
+    "BadImage",
+    "Catalog",
+    "CatalogBusy",
+    "CatalogError",
+    "ImageStore",
+    "StoredImage",
+    "resolve_dir",
+    "sample_id",
+]

@@ -1,0 +1,86 @@
+"""The catalog's tables. Columns may be added over time, never removed (SPEC §2)."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+# Column order of `samples`; ingest builds Arrow batches in exactly this order.
+SAMPLE_COLUMNS: list[tuple[str, str]] = [
+    ("sample_id", "UBIGINT PRIMARY KEY"),
+    ("source", "VARCHAR NOT NULL"),
+    ("split", "VARCHAR NOT NULL"),
+    ("source_key", "VARCHAR NOT NULL"),
+    ("kind", "VARCHAR NOT NULL"),
+    ("text", "VARCHAR NOT NULL"),
+    ("response", "VARCHAR"),
+    ("messages", "JSON"),
+    ("image_path", "VARCHAR"),
+    ("image_sha256", "VARCHAR"),
+    ("image_format", "VARCHAR"),
+    ("image_width", "INTEGER"),
+    ("image_height", "INTEGER"),
+    ("image_bytes", "BIGINT"),
+    ("image_tokens", "INTEGER"),
+    ("meta", "JSON"),
+    ("ingest_run", "INTEGER NOT NULL"),
+]
+SAMPLE_COLUMN_NAMES = [name for name, _ in SAMPLE_COLUMNS]
+
+DDL = [
+    # Key/value facts about the catalog itself: schema version, vision mode.
+    """CREATE TABLE IF NOT EXISTS catalog_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS samples (\n  "
+    + ",\n  ".join(f"{name} {type_}" for name, type_ in SAMPLE_COLUMNS)
+    + "\n)",
+    "CREATE SEQUENCE IF NOT EXISTS ingest_run_ids START 1",
+    """CREATE TABLE IF NOT EXISTS ingest_runs (
+        run_id INTEGER PRIMARY KEY DEFAULT nextval('ingest_run_ids'),
+        source VARCHAR NOT NULL,
+        split VARCHAR NOT NULL,
+        fingerprint VARCHAR NOT NULL,  -- hash of the arguments that shape the rows
+        arguments JSON NOT NULL,
+        started_at TIMESTAMP NOT NULL,
+        finished_at TIMESTAMP,
+        status VARCHAR NOT NULL,       -- running | completed | failed
+        rows BIGINT DEFAULT 0,
+        errors BIGINT DEFAULT 0,
+        skipped BIGINT DEFAULT 0,
+        resumed_from INTEGER           -- the unfinished run this one continued, if any
+    )""",
+    """CREATE TABLE IF NOT EXISTS ingest_errors (
+        run_id INTEGER NOT NULL,
+        source VARCHAR NOT NULL,
+        split VARCHAR NOT NULL,
+        source_key VARCHAR NOT NULL,
+        stage VARCHAR NOT NULL,        -- read | parse | image | map | insert
+        message VARCHAR NOT NULL
+    )""",
+    # One row per finished shard: what lets an interrupted ingest resume where it stopped.
+    """CREATE TABLE IF NOT EXISTS ingest_shards (
+        source VARCHAR NOT NULL,
+        split VARCHAR NOT NULL,
+        fingerprint VARCHAR NOT NULL,
+        shard_key VARCHAR NOT NULL,
+        run_id INTEGER NOT NULL,
+        rows BIGINT NOT NULL,
+        errors BIGINT NOT NULL,
+        skipped BIGINT NOT NULL,
+        PRIMARY KEY (source, split, fingerprint, shard_key)
+    )""",
+    # Mixtures (SPEC §4): a definition as data; `ocrcat.mix` builds the view `mix_<name>` from it.
+    """CREATE TABLE IF NOT EXISTS mixtures (
+        name VARCHAR PRIMARY KEY,
+        seed BIGINT NOT NULL,
+        text_share DOUBLE NOT NULL DEFAULT 0,
+        text_predicate VARCHAR,        -- which rows count as text rows for the share; NULL = kind = 'text'
+        created_at TIMESTAMP NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS mixture_components (
+        mixture VARCHAR NOT NULL,
+        position INTEGER NOT NULL,     -- order of definition
+        name VARCHAR NOT NULL,
+        predicate VARCHAR NOT NULL,    -- SQL over samples
+        weight DOUBLE NOT NULL,
+        PRIMARY KEY (mixture, name)
+    )""",
+]

@@ -1,0 +1,288 @@
+"""The `ocrcat` command line: a thin layer over the library, one function per command."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import decimal
+import json
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import duckdb
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ocrcat import vision
+from ocrcat.catalog import Catalog, CatalogError
+from ocrcat.catalog.stats import catalog_stats
+from ocrcat.ingest import mirror, registry
+from ocrcat.ingest.base import MirrorError
+from ocrcat.ingest.runner import RunSummary, ingest as run_ingest
+
+app = typer.Typer(
+    help="ocrcat: OCR training data as one DuckDB catalog, SQL mixtures and a torch loader.\n\n"
+    "Quick start (no network): ocrcat sample-mirror demo/mirror && "
+    "ocrcat ingest all --mirror demo/mirror && ocrcat stats",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+console = Console()
+err = Console(stderr=True)
+
+CatalogOpt = Annotated[
+    Optional[Path],
+    typer.Option("--catalog", "-c", envvar="OCRCAT_HOME", help="catalog directory [default: ./ocrcat-data]"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can cause into a one-line message and exit status 2."""
+    try:
+        yield
+    except (CatalogError, MirrorError, ValueError, ConnectionError, duckdb.Error) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _json_default(value):
+    if isinstance(value, (datetime.date, datetime.datetime, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    return str(value)
+
+
+def print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, default=_json_default, ensure_ascii=False, indent=2) + "\n")
+
+
+def print_table(columns: list[str], rows: list[tuple], title: str | None = None) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    console.print(table)
+
+
+@app.command()
+def init(
+    catalog: CatalogOpt = None,
+    vision_mode: Annotated[str, typer.Option(help=f"one of {', '.join(vision.MODES)}")] = vision.DEFAULT_MODE,
+) -> None:
+    """Create an empty catalog with a vision mode (what image_tokens counts).
+
+    Example: ocrcat init --catalog data/ocr --vision-mode gundam-max9
+    """
+    with user_errors(), Catalog(catalog, vision_mode=vision_mode) as cat:
+        console.print(f"catalog {cat.dir} (vision mode {cat.vision_mode})")
+
+
+@app.command()
+def sources(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """List the sources: hub repo, files read, splits, licence and rows in the catalog.
+
+    Example: ocrcat sources --json
+    """
+    counts: dict[str, int] = {}
+    with user_errors():
+        try:
+            with Catalog(catalog, read_only=True) as cat:
+                counts = dict(cat.con.execute("SELECT source, count(*) FROM samples GROUP BY 1").fetchall())
+        except CatalogError as exc:
+            if "no catalog" not in str(exc):
+                raise
+    rows = []
+    for name in registry.available():
+        info = registry.get(name).INFO
+        rows.append({"source": name, "hub_repo": info.hub_repo, "files": list(info.files),
+                     "splits": list(info.splits), "licence": info.licence, "one_row_is": info.one_row_is,
+                     "rows_in_catalog": counts.get(name, 0)})
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(["source", "hub repo", "files", "splits", "licence", "rows"],
+                    [(r["source"], r["hub_repo"], " ".join(r["files"]), ",".join(r["splits"]), r["licence"],
+                      r["rows_in_catalog"]) for r in rows])
+
+
+@app.command()
+def fetch(
+    names: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="source names, or all")],
+    mirror_root: Annotated[Optional[Path], typer.Option("--mirror", help="mirror root [default: <catalog>/mirror]")] = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Download the hub files each source's ingester reads (and only those) into the mirror.
+
+    Example: ocrcat fetch chartqa mathwriting --mirror /data/hf-mirror
+    """
+    from ocrcat.catalog import resolve_dir
+
+    root = mirror_root or resolve_dir(catalog) / "mirror"
+    with user_errors():
+        for path in mirror.fetch(root, names):
+            console.print(f"fetched {path}")
+
+
+@app.command("sample-mirror")
+def sample_mirror(
+    root: Annotated[Path, typer.Argument(help="mirror root to write into")],
+    sources_: Annotated[str, typer.Option("--sources", help="comma-separated sources [default: all]")] = "all",
+    rows: Annotated[int, typer.Option(help="records per source (roughly; split across its splits)")] = 40,
+    seed: Annotated[int, typer.Option(help="seed of the synthetic content")] = 0,
+) -> None:
+    """Write small synthetic mirrors in the hub's own layout and encoding (no network needed).
+
+    Example: ocrcat sample-mirror demo/mirror --sources chartqa,mathwriting --rows 100
+    """
+    with user_errors():
+        names = mirror.write_sample_mirror(root, [s.strip() for s in sources_.split(",") if s.strip()], rows, seed)
+    console.print(f"wrote sample mirrors of {', '.join(names)} under {root}")
+
+
+class RichProgress:
+    """The runner's progress reports as a rich progress bar: records, rows, errors, images/s."""
+
+    def start(self, source: str, split: str, total: int, done: int) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows {task.fields[rows]}  errors {task.fields[errors]}  {task.fields[rate]} img/s"),
+            TimeElapsedColumn(),
+            console=err,
+        )
+        self.bar.start()
+        self.started, self.images = time.perf_counter(), 0
+        self.task = self.bar.add_task(f"{source}/{split}", total=total, completed=done, rows=0, errors=0, rate="-")
+
+    def advance(self, records: int, rows: int, errors: int, images: int) -> None:
+        self.images += images
+        task = self.bar.tasks[-1]
+        rate = self.images / max(1e-9, time.perf_counter() - self.started)
+        self.bar.update(self.task, advance=records, rows=task.fields["rows"] + rows,
+                        errors=task.fields["errors"] + errors, rate=f"{rate:.0f}")
+
+    def finish(self) -> None:
+        self.bar.stop()
+
+
+@app.command()
+def ingest(
+    names: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="source names, or all")],
+    mirror_root: Annotated[Optional[Path], typer.Option("--mirror", "--from", help="mirror root [default: <catalog>/mirror]")] = None,
+    split: Annotated[Optional[list[str]], typer.Option(help="only this split (train, val, test); repeatable")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="at most N records per split")] = None,
+    workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    config: Annotated[Optional[str], typer.Option(help="hub config, for sources that have several")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="source option KEY=VALUE; repeatable")] = None,
+    max_error_rate: Annotated[Optional[float], typer.Option(help="exit 1 if more than this fraction of records fail")] = None,
+    vision_mode: Annotated[Optional[str], typer.Option(help="vision mode of a new catalog [default: gundam]")] = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Ingest sources from a mirror into the catalog. Rerun after an interruption to resume.
+
+    Re-ingesting a source and split replaces its rows. Bad records go to ingest_errors.
+
+    Example: ocrcat ingest chartqa mathwriting --mirror demo/mirror --workers 2 --max-error-rate 0.01
+    """
+    summaries: list[RunSummary] = []
+    with user_errors(), Catalog(catalog, vision_mode=vision_mode) as cat:
+        for name in registry.expand(names):
+            source = registry.get(name)
+            pairs = list(option or []) + ([f"config={config}"] if config else [])
+            options = registry.parse_options(source, pairs)
+            try:
+                summaries += run_ingest(cat, name, mirror=mirror_root, splits=split, limit=limit,
+                                        workers=workers, options=options, progress=RichProgress())
+            except KeyboardInterrupt:
+                err.print("[yellow]interrupted[/]: rerun the same command to resume where it stopped")
+                raise typer.Exit(130) from None
+    print_table(
+        ["source", "split", "rows", "errors", "skipped", "resumed shards", "seconds", "images/s"],
+        [(s.source, s.split, s.rows, s.errors, s.skipped, f"{s.shards_resumed}/{s.shards_total}",
+          f"{s.seconds:.1f}", f"{s.images / max(s.seconds, 1e-9):.0f}") for s in summaries],
+        title="ingest",
+    )
+    errors = sum(s.errors for s in summaries)
+    seen = sum(s.rows + s.errors for s in summaries)
+    if errors:
+        console.print(f"{errors} records rejected: see them with "
+                      "ocrcat sql \"SELECT * FROM ingest_errors ORDER BY run_id DESC LIMIT 20\"")
+    if max_error_rate is not None and seen and errors / seen > max_error_rate:
+        err.print(f"[bold red]error rate {errors / seen:.2%} is above --max-error-rate {max_error_rate:.2%}[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL to run against the catalog")],
+    write: Annotated[bool, typer.Option("--write", help="allow statements that change the catalog")] = False,
+    as_json: JsonOpt = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="print CSV instead of a table")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Run SQL against the catalog (read-only unless --write).
+
+    Example: ocrcat sql "SELECT source, split, count(*) FROM samples GROUP BY ALL" --json
+    """
+    with user_errors(), Catalog(catalog, read_only=not write) as cat:
+        try:
+            result = cat.con.execute(query)
+        except duckdb.Error as exc:
+            if "read-only" in str(exc):
+                raise CatalogError(
+                    "ocrcat sql opens the catalog read-only, so this statement was refused and nothing "
+                    "changed; pass --write if you really mean to modify the catalog"
+                ) from None
+            raise
+        columns = [d[0] for d in result.description] if result.description else []
+        rows = result.fetchall() if columns else []
+    if as_json:
+        print_json([dict(zip(columns, r)) for r in rows])
+    elif as_csv:
+        out = csv.writer(sys.stdout)
+        out.writerow(columns)
+        out.writerows(rows)
+    elif columns:
+        print_table(columns, rows)
+
+
+@app.command()
+def stats(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """Rows per source/split/kind, unique images, image bytes, image-token median and p95, errors.
+
+    Example: ocrcat stats --json
+    """
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        result = catalog_stats(cat)
+    if as_json:
+        print_json(result)
+        return
+    groups = result["groups"]
+    print_table(
+        ["source", "split", "kind", "rows", "unique images", "image MB", "tokens p50", "tokens p95", "errors"],
+        [(g["source"], g["split"], g["kind"], g["rows"], g["unique_images"],
+          f"{g['image_bytes_referenced'] / 1e6:.1f}", g["image_tokens_median"], g["image_tokens_p95"], g["errors"])
+         for g in groups],
+        title=f"{result['catalog']} ({result['vision_mode']})",
+    )
+    console.print(
+        f"{result['rows']} rows, {result['unique_images']} unique images ({result['image_bytes'] / 1e6:.1f} MB), "
+        f"image tokens median {result['image_tokens_median']} p95 {result['image_tokens_p95']}, "
+        f"{result['errors']} ingest errors"
+    )
+
+
+if __name__ == "__main__":
+    app()

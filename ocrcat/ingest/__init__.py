@@ -1,0 +1,1 @@
+"""Ingest: one module per source plus the shared machinery (registry, runner, Parquet, fetch)."""

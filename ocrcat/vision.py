@@ -1,0 +1,98 @@
+"""DeepSeek-OCR image rules: vision modes, the Gundam tiling choice and the `<image>` token count.
+
+This is a leaf module (it imports nothing of ocrcat): the catalog uses it to fill `image_tokens`
+and the training path uses it to cut pixels, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+PATCH_SIZE = 16
+DOWNSAMPLE = 4  # the projector merges 4x4 patches into one token
+
+
+@dataclass(frozen=True)
+class VisionMode:
+    name: str
+    base_size: int  # side of the global view
+    tile_size: int = 0  # side of a local crop; 0 = no tiling
+    min_crops: int = 0
+    max_crops: int = 0
+    pad: bool = True  # True: fit into base² with grey bars; False: stretch to base²
+
+    @property
+    def tiled(self) -> bool:
+        return self.tile_size > 0
+
+
+MODES: dict[str, VisionMode] = {
+    "tiny": VisionMode("tiny", 512, pad=False),
+    "small": VisionMode("small", 640, pad=False),
+    "base": VisionMode("base", 1024),
+    "large": VisionMode("large", 1280),
+    # DeepSeek-OCR's vLLM config uses at most 6 crops; its Hugging Face `infer` path allows 9.
+    "gundam": VisionMode("gundam", 1024, tile_size=640, min_crops=2, max_crops=6),
+    "gundam-max9": VisionMode("gundam-max9", 1024, tile_size=640, min_crops=2, max_crops=9),
+}
+DEFAULT_MODE = "gundam"
+
+
+def get_mode(mode: str | VisionMode) -> VisionMode:
+    """The VisionMode for a name, with a clear error for an unknown one."""
+    if isinstance(mode, VisionMode):
+        return mode
+    try:
+        return MODES[mode]
+    except KeyError:
+        raise ValueError(f"unknown vision mode {mode!r}; choose one of {', '.join(MODES)}") from None
+
+
+def candidate_grids(min_crops: int, max_crops: int) -> list[tuple[int, int]]:
+    """All (w_tiles, h_tiles) with min <= w*h <= max, ordered by w*h (ties by w, then h)."""
+    grids = {
+        (w, h)
+        for n in range(min_crops, max_crops + 1)
+        for w in range(1, n + 1)
+        for h in range(1, n + 1)
+        if min_crops <= w * h <= max_crops
+    }
+    return sorted(grids, key=lambda g: (g[0] * g[1], g[0], g[1]))
+
+
+def choose_grid(width: int, height: int, mode: str | VisionMode = DEFAULT_MODE) -> tuple[int, int]:
+    """The crop grid (w_tiles, h_tiles) for an image; (1, 1) means global view only."""
+    m = get_mode(mode)
+    if width <= 0 or height <= 0:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    if not m.tiled or (width <= m.tile_size and height <= m.tile_size):
+        return (1, 1)
+    aspect = width / height
+    area = width * height
+    best, best_diff = (1, 1), float("inf")
+    for w, h in candidate_grids(m.min_crops, m.max_crops):
+        diff = abs(aspect - w / h)
+        if diff < best_diff:
+            best, best_diff = (w, h), diff
+        elif diff == best_diff and area > 0.5 * m.tile_size * m.tile_size * w * h:
+            # On an exact tie a larger grid wins only if the image has pixels enough to fill it.
+            best = (w, h)
+    return best
+
+
+def tokens_for_grid(grid: tuple[int, int], mode: str | VisionMode = DEFAULT_MODE) -> int:
+    """Token count of the global view plus, for a grid larger than 1x1, the local crops."""
+    m = get_mode(mode)
+    nb = math.ceil(m.base_size / PATCH_SIZE / DOWNSAMPLE)
+    tokens = nb * (nb + 1) + 1  # one newline token per row of the global view, plus a separator
+    w, h = grid
+    if m.tiled and w * h > 1:
+        ni = math.ceil(m.tile_size / PATCH_SIZE / DOWNSAMPLE)
+        tokens += (ni * w + 1) * (ni * h)
+    return tokens
+
+
+def count_image_tokens(width: int, height: int, mode: str = DEFAULT_MODE) -> int:
+    """Number of `<image>` tokens DeepSeek-OCR spends on an image of this size in this mode."""
+    return tokens_for_grid(choose_grid(width, height, mode), mode)

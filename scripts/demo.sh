@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole product end to end on generated sample mirrors (no network): mirror -> catalog -> SQL.
+set -euo pipefail
+DEMO=${DEMO:-demo}
+rm -rf "$DEMO"
+export OCRCAT_HOME="$DEMO/catalog"
+set -x
+ocrcat sample-mirror "$DEMO/mirror" --rows 60
+ocrcat ingest all --mirror "$DEMO/mirror" --workers 2
+ocrcat sources
+ocrcat stats
+ocrcat sql "SELECT source, split, text, response, image_tokens FROM samples USING SAMPLE 5 ROWS (reservoir, 7)"
+ocrcat sql "SELECT source, count(*) AS rows, count(DISTINCT image_sha256) AS images FROM samples GROUP BY 1 ORDER BY 1" --csv
