@@ -33,7 +33,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 CatalogOpt = Annotated[
     Optional[Path],

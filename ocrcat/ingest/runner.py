@@ -105,7 +105,7 @@ def ingest(
     catalog: Catalog,
     source_name: str,
     *,
-    mirror: Path | None = None,
+    mirror: str | Path | None = None,
     splits: list[str] | None = None,
     limit: int | None = None,
     workers: int = 1,
@@ -119,7 +119,7 @@ def ingest(
     """
     source = registry.get(source_name)
     info = source.INFO
-    root = (mirror or catalog.dir / "mirror") / info.name
+    root = Path(mirror or catalog.dir / "mirror") / info.name
     if not root.is_dir():
         raise MirrorError(
             f"no mirror of {info.name} at {root}; run `ocrcat fetch {info.name}` "
