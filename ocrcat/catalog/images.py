@@ -47,6 +47,10 @@ def inspect_image(data: bytes) -> tuple[str, int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
                 fmt, (width, height) = img.format, img.size
+                if img.getexif().get(0x0112) in (5, 6, 7, 8):
+                    # EXIF turns it by 90 degrees: the model sees the transposed image (SPEC 5),
+                    # so record that size, or image_tokens would disagree with the crops.
+                    width, height = height, width
                 if fmt not in _EXTENSIONS:
                     raise BadImage(f"unsupported image format {fmt}")
                 if width * height > MAX_PIXELS:
@@ -74,6 +78,7 @@ class ImageStore:
     def __init__(self, catalog_dir: str | os.PathLike):
         self.catalog_dir = Path(catalog_dir)
         self.root = self.catalog_dir / "images"
+        self._made_dirs: set[Path] = set()  # saves a mkdir call per image on the hot path
 
     def put(self, source: str, data: bytes) -> StoredImage:
         """Validate and store encoded image bytes; raises BadImage for anything unusable."""
@@ -82,7 +87,9 @@ class ImageStore:
         rel = f"images/{source}/{sha[:2]}/{sha}.{_EXTENSIONS[fmt]}"
         final = self.catalog_dir / rel
         if not final.exists():
-            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.parent not in self._made_dirs:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                self._made_dirs.add(final.parent)
             tmp = final.with_name(f"{final.name}.{os.getpid()}{TMP_SUFFIX}")
             with open(tmp, "wb") as f:
                 f.write(data)
