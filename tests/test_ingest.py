@@ -353,3 +353,11 @@ def test_realdata_latex_formulas_ingest(tmp_path, catalog_dir):
     assert (summary.rows, summary.errors) == (len(entries), 0)
     assert got[f"cleaned_formulas/{split_file_name('train')}#0"] == entries[0]["formula"].strip()
     shutil.rmtree(tmp_path / "m")
+
+
+def test_fetch_without_network_says_what_to_do(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run(OCRCAT + ["fetch", "mathwriting", "--mirror", str(tmp_path / "hf")], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "could not fetch deepcopy/MathWriting-human" in r.stderr and "--mirror" in r.stderr
