@@ -18,8 +18,11 @@ CATEGORIES = ["Germany", "France", "Japan", "Brazil", "India", "Canada", "Kenya"
 
 
 def font(size: int) -> ImageFont.FreeTypeFont:
-    """Pillow's bundled scalable font: the same on every machine, no system fonts needed."""
-    return ImageFont.load_default(size=size)
+    """DejaVu Sans where installed (it has the Greek and math glyphs formulas need), else Pillow's own."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
 
 
 def encode(img: Image.Image, fmt: str = "PNG", quality: int = 90) -> bytes:
