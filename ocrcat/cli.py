@@ -259,15 +259,29 @@ def sql(
 
 
 @app.command()
-def stats(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
-    """Rows per source/split/kind, unique images, image bytes, image-token median and p95, errors.
+def stats(
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+    source: Annotated[Optional[list[str]], typer.Option(help="only this source in the quantiles; repeatable")] = None,
+    tokenizer: Annotated[Optional[str], typer.Option(help="also count text tokens: 'byte', a nanochat "
+                                                     "tokenizer dir or a tokenizer.json")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="write one PNG of histograms per source into DIR")] = None,
+) -> None:
+    """Rows per source/split/kind, image facts, errors, and per source and split the quantiles of
+    image size, image tokens and text length (and text tokens with --tokenizer).
 
-    Example: ocrcat stats --json
+    Example: ocrcat stats --tokenizer byte --plot stats-png/ --json
     """
+    from ocrcat.catalog.plots import write_plots
+    from ocrcat.catalog.stats import MEASURES, TOKEN_MEASURES, source_stats
+
     with user_errors(), Catalog(catalog, read_only=True) as cat:
+        tok = _load_tokenizer(tokenizer)
         result = catalog_stats(cat)
+        result["per_split"] = source_stats(cat, source, tok)
+        plots = write_plots(cat, plot, source) if plot else []
     if as_json:
-        print_json(result)
+        print_json(result | {"plots": [str(p) for p in plots]})
         return
     groups = result["groups"]
     print_table(
@@ -282,6 +296,122 @@ def stats(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
         f"image tokens median {result['image_tokens_median']} p95 {result['image_tokens_p95']}, "
         f"{result['errors']} ingest errors"
     )
+    measures = list(MEASURES) + (list(TOKEN_MEASURES) if tok else [])
+    shown = ["p50", "p90", "max"]
+    print_table(
+        ["source", "split", *measures] + (["total tokens"] if tok else []),
+        [(g["source"], g["split"], *(" / ".join(str(g[m][q]) for q in shown) if g[m] else "-" for m in measures),
+          *([g["total_tokens"]] if tok else [])) for g in result["per_split"]],
+        title=f"quantiles per source and split ({' / '.join(shown)})",
+    )
+    for path in plots:
+        console.print(f"wrote {path}")
+
+
+def _load_tokenizer(spec: str | None):
+    """The tokenizer for --tokenizer, or None; a bad spec becomes a user error."""
+    if spec is None:
+        return None
+    from ocrcat.mix import load_tokenizer
+
+    try:
+        return load_tokenizer(spec)
+    except FileNotFoundError as exc:
+        raise ValueError(str(exc)) from None
+
+
+@app.command()
+def validate(
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+    source: Annotated[Optional[list[str]], typer.Option(help="only this source; repeatable (skips mixture checks)")] = None,
+    deep: Annotated[bool, typer.Option("--deep", help="also read and decode every image: hash, decoding, size")] = False,
+) -> None:
+    """Check the catalog against the data plan's checklist; exit status 1 when any check fails.
+
+    Per source: <image> prefix, image facts, image files inside the catalog, image_tokens by the
+    vision rule, sample ids, conversations of text rows; per mixture: rows and realised shares.
+
+    Example: ocrcat validate --deep --source chartqa
+    """
+    from ocrcat.catalog.validate import CHECKS, validate as run_validate
+
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        results = run_validate(cat, source, deep=deep)
+    failed = [r for r in results if not r.ok]
+    if as_json:
+        print_json({"ok": not failed, "deep": deep, "checks": [r.as_dict() for r in results]})
+    else:
+        print_table(["source", "check", "checked", "failed", "result", "examples (sample ids)", "first reason"],
+                    [(r.source, r.check, r.checked, r.failed, "pass" if r.ok else "FAIL",
+                      " ".join(map(str, r.examples)), r.note) for r in results],
+                    title=f"validate {'--deep ' if deep else ''}{cat.dir}")
+        if failed:
+            for name in sorted({r.check for r in failed}):
+                console.print(f"{name}: {CHECKS[name]}")
+        console.print(f"{len(failed)} of {len(results)} checks failed" if failed
+                      else f"all {len(results)} checks passed" + ("" if deep else " (add --deep to decode every image)"))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write")] = Path("report.html"),
+    seed: Annotated[int, typer.Option(help="which random samples the gallery shows")] = 0,
+    per_source: Annotated[int, typer.Option(help="gallery samples per source")] = 6,
+    tokenizer: Annotated[Optional[str], typer.Option(help="also count text tokens ('byte', a dir, a tokenizer.json)")] = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Write one self-contained HTML report: overview, validation, statistics and charts, mixtures,
+    and a gallery of random samples per source (images embedded; opens without a network).
+
+    Example: ocrcat report --out report.html --seed 3 --per-source 8
+    """
+    from ocrcat.catalog.report import build_report
+
+    if per_source < 0:
+        err.print("[bold red]error:[/] --per-source must be 0 or more")
+        raise typer.Exit(2)
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        path = build_report(cat, out, seed=seed, per_source=per_source, tokenizer=_load_tokenizer(tokenizer))
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command()
+def show(
+    sample: Annotated[str, typer.Argument(metavar="SAMPLE_ID", help="a sample_id from the catalog")],
+    open_: Annotated[bool, typer.Option("--open", help="write the image and a text file into --to for a look")] = False,
+    to: Annotated[Path, typer.Option(help="folder for --open")] = Path("ocrcat-show"),
+    tokenizer: Annotated[Optional[str], typer.Option(help="also count text tokens ('byte', a dir, a tokenizer.json)")] = None,
+    as_json: JsonOpt = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """One sample: its row, its image facts (file, grid, tokens by the vision rule) and token counts.
+
+    Example: ocrcat show 4186833955207072339 --open --to /tmp/look
+    """
+    from ocrcat.catalog.show import parse_sample_id, sample_facts, write_quick_look
+
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        facts = sample_facts(cat, parse_sample_id(sample), _load_tokenizer(tokenizer))
+    written = write_quick_look(facts, to) if open_ else []
+    if as_json:
+        print_json(facts | {"written": [str(p) for p in written]})
+    else:
+        table = Table(show_header=False, title=f"sample {facts['sample_id']}")
+        table.add_column("field", style="bold")
+        table.add_column("value", overflow="fold")
+        for key, value in facts.items():
+            if key not in ("sample_id",):
+                shown = json.dumps(value, ensure_ascii=False, default=_json_default) if isinstance(value, (dict, list)) else value
+                table.add_row(key, "NULL" if shown is None else str(shown))
+        console.print(table)
+        for path in written:
+            console.print(f"wrote {path}")
+    image = facts.get("image")
+    if image and image["problem"]:
+        err.print(f"[yellow]warning:[/] {image['problem']} (run ocrcat validate)")
 
 
 if __name__ == "__main__":

@@ -42,3 +42,101 @@ def catalog_stats(catalog: Catalog) -> dict:
         "errors": sum(errors.values()),
         "groups": rows,
     }
+
+
+# Per source and split: the distributions a person checks before spending GPU hours on the data.
+QUANTILES = {"min": 0.0, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p99": 0.99, "max": 1.0}
+MEASURES = {
+    "image_width": "image_width",
+    "image_height": "image_height",
+    "image_tokens": "image_tokens",
+    "text_chars": "length(text)",
+    "response_chars": "length(response)",
+}
+TOKEN_MEASURES = ("text_tokens", "response_tokens")
+TOKEN_BATCH = 4096
+
+
+def source_stats(catalog: Catalog, sources: list[str] | None = None, tokenizer=None) -> list[dict]:
+    """Quantiles of image size, image tokens and text length per source and split.
+
+    With `tokenizer` (anything with `encode(str) -> list[int]`, e.g. `ocrcat.mix.load_tokenizer(...)`)
+    also the token counts of the prompt (its `<image>` placeholders removed: those are counted by
+    image_tokens) and of the response, and the total tokens a pass over the group costs.
+    """
+    con = catalog.con.cursor()  # its own connection: the table it registers stays private to this call
+    measures = dict(MEASURES)
+    if tokenizer is not None:
+        con.register("text_token_counts", _token_counts(con, sources, tokenizer))
+        measures |= {m: f"t.{m}" for m in TOKEN_MEASURES}
+    quantiles = ", ".join(
+        f"quantile_disc({expr}, {list(QUANTILES.values())}) AS {name}" for name, expr in measures.items()
+    )
+    join = "LEFT JOIN text_token_counts t USING (sample_id)" if tokenizer is not None else ""
+    total = ("sum(image_tokens) + sum(t.text_tokens) + sum(t.response_tokens)" if tokenizer is not None
+             else "NULL")
+    try:
+        result = con.execute(
+            f"""
+            SELECT source, split, count(*) AS rows, count(*) FILTER (WHERE kind = 'vision') AS vision_rows,
+                   count(*) FILTER (WHERE kind = 'text') AS text_rows, count(DISTINCT image_sha256) AS unique_images,
+                   {total} AS total_tokens, {quantiles}
+            FROM samples {join}
+            WHERE ? IS NULL OR list_contains(?, source)
+            GROUP BY ALL ORDER BY source, split
+            """,
+            [sources, sources],
+        )
+        columns = [d[0] for d in result.description]
+        rows = result.fetchall()
+    finally:
+        if tokenizer is not None:
+            con.unregister("text_token_counts")
+    out = []
+    for row in rows:
+        record = dict(zip(columns, row))
+        for name in measures:
+            values = record.pop(name)
+            record[name] = None if values is None or values[0] is None else dict(zip(QUANTILES, values))
+        out.append(record)
+    return out
+
+
+def _token_counts(con, sources: list[str] | None, tokenizer):
+    """Arrow table (sample_id, text_tokens, response_tokens); holds three integers per row, no text."""
+    import pyarrow as pa
+
+    ids, text_tokens, response_tokens = [], [], []
+    cursor = con.cursor()
+    try:
+        cursor.execute(
+            "SELECT sample_id, replace(text, '<image>', ''), response FROM samples "
+            "WHERE ? IS NULL OR list_contains(?, source)", [sources, sources])
+        while batch := cursor.fetchmany(TOKEN_BATCH):
+            for sid, text, response in batch:
+                ids.append(sid)
+                text_tokens.append(len(tokenizer.encode(text)))
+                response_tokens.append(len(tokenizer.encode(response)) if response is not None else 0)
+    finally:
+        cursor.close()
+    return pa.table({"sample_id": pa.array(ids, pa.uint64()), "text_tokens": pa.array(text_tokens, pa.int64()),
+                     "response_tokens": pa.array(response_tokens, pa.int64())})
+
+
+def histogram(catalog: Catalog, source: str, measure: str, bins: int = 30) -> tuple[list[float], list[int]]:
+    """Equal-width histogram of a MEASURES column for one source: (bin edges, counts), binned in SQL."""
+    expr = MEASURES[measure]
+    lo, hi = catalog.con.execute(
+        f"SELECT min({expr}), max({expr}) FROM samples WHERE source = ?", [source]).fetchone()
+    if lo is None:
+        return [], []
+    # Every measure is an integer: never cut finer than one unit, so no bin falls between values.
+    bins = max(1, min(bins, hi - lo + 1))
+    width = (hi - lo + 1) / bins
+    counts = [0] * bins
+    for b, n in catalog.con.execute(
+        f"SELECT least(floor(({expr} - ?) / ?)::INTEGER, ? - 1) AS b, count(*) FROM samples "
+        f"WHERE source = ? AND {expr} IS NOT NULL GROUP BY 1", [lo, width, bins, source]
+    ).fetchall():
+        counts[b] += n
+    return [lo + i * width for i in range(bins + 1)], counts
