@@ -96,3 +96,72 @@ def tokens_for_grid(grid: tuple[int, int], mode: str | VisionMode = DEFAULT_MODE
 def count_image_tokens(width: int, height: int, mode: str = DEFAULT_MODE) -> int:
     """Number of `<image>` tokens DeepSeek-OCR spends on an image of this size in this mode."""
     return tokens_for_grid(choose_grid(width, height, mode), mode)
+
+
+@dataclass
+class ProcessedImage:
+    """One image cut for the model: uint8 CHW pixels (normalised later, on the device)."""
+
+    global_view: "torch.Tensor"  # (3, base, base) uint8
+    crops: "torch.Tensor"  # (w_tiles * h_tiles, 3, tile, tile) uint8, empty when grid == (1, 1)
+    grid: tuple[int, int]  # (w_tiles, h_tiles)
+    tokens: int  # `<image>` tokens: always count_image_tokens of the transposed image's size
+
+
+class VisionProcessor:
+    """Turns an image (path or PIL image) into DeepSeek-OCR's global view and local crops.
+
+    The grid comes from `choose_grid` and the count from `tokens_for_grid`, the same functions that
+    fill the catalog's `image_tokens`, so a row's count and its crops cannot disagree.
+
+    >>> out = VisionProcessor("gundam")("page.png")
+    >>> out.global_view.shape, out.crops.shape, out.grid, out.tokens
+    """
+
+    def __init__(self, mode: str | VisionMode = DEFAULT_MODE):
+        self.mode = get_mode(mode)
+        self.pad_color = (127, 127, 127)  # int(0.5 * 255): the mean, so padding normalises to 0
+
+    def load(self, image) -> "Image.Image":
+        """RGB image after EXIF transpose (a phone photo turned by its EXIF tag is seen upright)."""
+        from PIL import Image, ImageOps
+
+        if not isinstance(image, Image.Image):
+            with Image.open(image) as img:
+                return ImageOps.exif_transpose(img).convert("RGB")
+        return ImageOps.exif_transpose(image).convert("RGB")
+
+    def views(self, image) -> tuple["Image.Image", "Image.Image | None", tuple[int, int]]:
+        """The global view, the (640w x 640h) canvas the crops are cut from (or None), the grid."""
+        from PIL import ImageOps
+
+        img = self.load(image)
+        m = self.mode
+        grid = choose_grid(img.width, img.height, m)
+        if m.pad:
+            global_view = ImageOps.pad(img, (m.base_size, m.base_size), color=self.pad_color)
+        else:
+            global_view = img.resize((m.base_size, m.base_size))
+        canvas = None
+        if grid != (1, 1):
+            canvas = img.resize((m.tile_size * grid[0], m.tile_size * grid[1]))
+        return global_view, canvas, grid
+
+    def __call__(self, image) -> ProcessedImage:
+        # torch is imported here, not at the top, so the catalog can use this module without it.
+        import numpy as np
+        import torch
+
+        global_view, canvas, grid = self.views(image)
+        # np.array copies (PIL hands out read-only buffers torch will not wrap); a few MB, cheap
+        # next to the resize that made them.
+        g = torch.from_numpy(np.array(global_view)).permute(2, 0, 1)
+        t = self.mode.tile_size
+        if canvas is None:
+            crops = torch.empty((0, 3, t, t), dtype=torch.uint8)
+        else:
+            # Cut row by row with one reshape: (h, t, w, t, 3) -> (h*w, 3, t, t).
+            w, h = grid
+            arr = torch.from_numpy(np.array(canvas)).view(h, t, w, t, 3)
+            crops = arr.permute(0, 2, 4, 1, 3).reshape(h * w, 3, t, t)
+        return ProcessedImage(g, crops, grid, tokens_for_grid(grid, self.mode))

@@ -1,0 +1,120 @@
+"""Batches of SPEC 5: per-sample padding (never packing), uint8 pixels, normalised on the device.
+
+Runs as the DataLoader's `collate_fn`, so the work happens in the worker processes and each batch
+crosses to the training process as a few large tensors. Pixels stay uint8 until `Batch.to(device)`:
+4x fewer bytes through shared memory and over the bus than float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from ocrcat.mix.tokenizer import Tokenizer
+
+
+@dataclass
+class Batch:
+    inputs: torch.Tensor  # (B, T) long
+    targets: torch.Tensor  # (B, T) long, -1 = no loss
+    images_seq_mask: torch.Tensor  # (B, T) bool, True where inputs hold the image token
+    pixel_values: torch.Tensor  # (N_img, 3, base, base) uint8 until to(), then normalised
+    crop_values: torch.Tensor  # (N_crops, 3, tile, tile)
+    images_spatial_crop: torch.Tensor  # (N_img, 2) long: (w_tiles, h_tiles)
+    sample_ids: torch.Tensor  # (B,) int64 (the UBIGINT's bits)
+    positions: torch.Tensor  # (B,) long: plan positions
+    lengths: torch.Tensor  # (B,) long: real (unpadded) input tokens per row
+    truncated: torch.Tensor  # (B,) bool
+    dropped: int = 0  # items of this batch the Dataset dropped as over-long
+
+    def __iter__(self):
+        # `inputs, targets, pixel_values, images_seq_mask = batch`, as the data plan's loop unpacks it.
+        return iter((self.inputs, self.targets, self.pixel_values, self.images_seq_mask))
+
+    @property
+    def consumed(self) -> int:
+        """Plan positions this batch used up, dropped ones included (what a sampler advances by)."""
+        return len(self.positions) + self.dropped
+
+    @property
+    def padding_efficiency(self) -> float:
+        """Real tokens / (B * T)."""
+        return float(self.lengths.sum()) / max(1, self.inputs.numel())
+
+    def pin_memory(self) -> "Batch":
+        # Called by DataLoader(pin_memory=True) so the copy in to() can be asynchronous.
+        return Batch(**{f.name: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
+                        for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def to(self, device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> "Batch":
+        """Move to `device`; pixels go as uint8 (non_blocking) and become (x/255 - 0.5)/0.5 in `dtype` there."""
+        moved = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                v = v.to(device, non_blocking=True)
+                if f.name in ("pixel_values", "crop_values"):
+                    v = _normalise(v, dtype)
+            moved[f.name] = v
+        return Batch(**moved)
+
+
+def _normalise(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # float32 arithmetic, then the model dtype: bf16 cannot hold x/255 exactly, f32 nearly can.
+    return x.to(torch.float32).div_(255.0).sub_(0.5).div_(0.5).to(dtype)
+
+
+class VisionCollator:
+    """`collate_fn` for MixtureDataset items.
+
+    >>> collate = VisionCollator(tokenizer, pad_to_multiple=8)
+    >>> loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=2, pin_memory=True)
+    >>> for batch in loader:
+    ...     inputs, targets, pixel_values, images_seq_mask = batch.to("cuda")
+    """
+
+    def __init__(self, tokenizer: Tokenizer, *, pad_to_multiple: int = 1):
+        if pad_to_multiple < 1:
+            raise ValueError("pad_to_multiple must be at least 1")
+        self.image_id = tokenizer.image_token_id
+        self.pad_id = tokenizer.bos_id  # any id but the image token; targets there are -1 anyway
+        self.pad_to_multiple = pad_to_multiple
+
+    def __call__(self, items: list[dict | None]) -> Batch:
+        kept = [it for it in items if it is not None]
+        if not kept:
+            raise ValueError("every sample of this batch was dropped as over-long; raise max_len "
+                             "or use overflow='truncate'")
+        lengths = [len(it["ids"]) - 1 for it in kept]  # inputs are ids[:-1], targets ids[1:]
+        T = max(lengths)
+        T = -(-T // self.pad_to_multiple) * self.pad_to_multiple
+        B = len(kept)
+        inputs = torch.full((B, T), self.pad_id, dtype=torch.long)
+        targets = torch.full((B, T), -1, dtype=torch.long)
+        for b, (it, n) in enumerate(zip(kept, lengths)):
+            inputs[b, :n] = it["ids"][:-1]
+            targets[b, :n] = it["ids"][1:]
+        # Padding never holds the image id, so the mask needs no length check.
+        images_seq_mask = inputs == self.image_id
+        # No loss on predicting an image token: the model is given those, it does not produce them.
+        targets[targets == self.image_id] = -1
+        grids = [g for it in kept for g in it["grids"]]
+        return Batch(
+            inputs=inputs,
+            targets=targets,
+            images_seq_mask=images_seq_mask,
+            pixel_values=torch.cat([it["global_views"] for it in kept]),
+            crop_values=torch.cat([it["crops"] for it in kept]),
+            images_spatial_crop=torch.tensor(grids, dtype=torch.long).reshape(-1, 2),
+            # UBIGINT ids above 2**63 keep their bits as negative int64.
+            sample_ids=torch.tensor([_as_int64(it["sample_id"]) for it in kept], dtype=torch.int64),
+            positions=torch.tensor([it["position"] for it in kept], dtype=torch.long),
+            lengths=torch.tensor(lengths, dtype=torch.long),
+            truncated=torch.tensor([it["truncated"] for it in kept], dtype=torch.bool),
+            dropped=len(items) - B,
+        )
+
+
+def _as_int64(u: int) -> int:
+    return u - (1 << 64) if u >= 1 << 63 else u

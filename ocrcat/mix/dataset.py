@@ -1,0 +1,245 @@
+"""A map-style torch Dataset over an exported mixture plan or a catalog query.
+
+Rows are read lazily: the Parquet files are opened per process (so the Dataset can be handed to
+DataLoader workers) and only the row group holding the requested row is decoded, one at a time. No
+image and no whole text column is kept in memory. Each item is a tokenized sample with its uint8
+pixels; normalisation happens later on the device (see collate.py).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from ocrcat.mix.tokenizer import Tokenizer, load_tokenizer
+from ocrcat.vision import VisionProcessor, get_mode
+
+# The columns a sample needs; an export may carry more (component, repeat, meta, …).
+COLUMNS = ["position", "sample_id", "kind", "text", "response", "messages", "image_path", "image_tokens"]
+CACHE_ROW_GROUP = 256  # rows per row group in a query cache: a cheap unit of random access
+
+
+class MixtureDataset(torch.utils.data.Dataset):
+    """Samples of a mixture in plan order: `ds[i]` is the row at index i of the export.
+
+    >>> ds = MixtureDataset("exports/stage2", split="train", tokenizer=load_tokenizer("byte"))
+    >>> loader = DataLoader(ds, batch_sampler=PlanBatchSampler(len(ds), 8), collate_fn=VisionCollator(ds.tokenizer))
+
+    `max_len` bounds the ids of one sample; a longer one is cut after its image span
+    (`overflow="truncate"`, the default) or dropped (`overflow="drop"`); an item that cannot be kept
+    is None, and the collator counts it.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike,
+        *,
+        split: str | None = None,
+        tokenizer: Tokenizer | str | None = None,
+        max_len: int | None = None,
+        overflow: str = "truncate",
+        vision_mode: str | None = None,
+    ):
+        if overflow not in ("truncate", "drop"):
+            raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
+        self.files, manifest = _resolve(Path(source).expanduser(), split)
+        self.image_root = _image_root(manifest, self.files[0].parent)
+        mode = manifest.get("vision_mode")
+        if vision_mode and mode and vision_mode != mode:
+            raise ValueError(f"the export's image_tokens were counted in vision mode {mode!r}, "
+                             f"not {vision_mode!r}; export again from a catalog in that mode")
+        self.vision_mode = get_mode(vision_mode or mode or "gundam").name
+        self.tokenizer = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
+        self.max_len = max_len
+        self.overflow = overflow
+        self.processor = VisionProcessor(self.vision_mode)
+        # Row counts per row group, from the footers only: enough to find any row.
+        self.starts: list[int] = []  # global index of each row group's first row
+        self.groups: list[tuple[int, int]] = []  # (file index, row group index)
+        n = 0
+        for f_i, path in enumerate(self.files):
+            meta = pq.ParquetFile(path).metadata
+            missing = [c for c in COLUMNS if c not in meta.schema.names]
+            if missing:
+                raise ValueError(f"{path} lacks columns {missing}; is it an ocrcat export?")
+            for g in range(meta.num_row_groups):
+                self.starts.append(n)
+                self.groups.append((f_i, g))
+                n += meta.row_group(g).num_rows
+        self.n = n
+        self._open: dict[int, pq.ParquetFile] = {}
+        self._cached: tuple[int, pa.Table] | None = None
+
+    @classmethod
+    def from_query(cls, catalog, sql: str, *, cache_dir: str | os.PathLike | None = None, **kwargs) -> "MixtureDataset":
+        """A Dataset over `sql` (a query over `samples`), materialised once to a Parquet cache.
+
+        Rows keep the query's order (add ORDER BY for an order that never changes). The cache is
+        keyed by the catalog, its file state and the query, so a changed catalog is read afresh.
+        """
+        cache_dir = Path(cache_dir or catalog.dir / "cache" / "queries")
+        db = catalog.db_path.stat()
+        key = hashlib.sha256(f"{catalog.dir.resolve()}\x1f{db.st_mtime_ns}\x1f{db.st_size}\x1f{sql}".encode())
+        path = cache_dir / f"query-{key.hexdigest()[:16]}.parquet"
+        if not path.exists():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            _materialise(catalog, sql, path)
+        kwargs.setdefault("vision_mode", catalog.vision_mode)
+        return cls(path, **kwargs)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getstate__(self) -> dict:
+        # Open files and the cached row group stay behind: each worker opens its own.
+        state = self.__dict__.copy()
+        state["_open"], state["_cached"] = {}, None
+        return state
+
+    def _group(self, g: int) -> pa.Table:
+        if self._cached is None or self._cached[0] != g:
+            f_i, rg = self.groups[g]
+            if f_i not in self._open:
+                self._open[f_i] = pq.ParquetFile(self.files[f_i])
+            self._cached = (g, self._open[f_i].read_row_group(rg, columns=COLUMNS))
+        return self._cached[1]
+
+    def row(self, i: int) -> dict:
+        """The export row at index i, as Python values."""
+        if not 0 <= i < self.n:
+            raise IndexError(f"index {i} out of range for a dataset of {self.n} rows")
+        g = bisect.bisect_right(self.starts, i) - 1
+        return self._group(g).slice(i - self.starts[g], 1).to_pylist()[0]
+
+    def __getitem__(self, i: int) -> dict | None:
+        r = self.row(i)
+        views, crops, grids, counts = [], [], [], []
+        if r["kind"] == "text":
+            messages = json.loads(r["messages"]) if isinstance(r["messages"], str) else r["messages"]
+            ids, starts = self.tokenizer.render_conversation(messages), []
+        else:
+            if r["image_path"]:
+                path = Path(r["image_path"])
+                img = self.processor(path if path.is_absolute() else self.image_root / path)
+                if img.tokens != r["image_tokens"]:
+                    raise ValueError(
+                        f"sample {r['sample_id']}: the export says {r['image_tokens']} image tokens but "
+                        f"the image gives {img.tokens} in mode {self.vision_mode!r}; the export and the "
+                        "Dataset disagree on the vision mode (or the image changed): export again")
+                views.append(img.global_view)
+                crops.append(img.crops)
+                grids.append(img.grid)
+                counts.append(img.tokens)
+            ids, starts = self.tokenizer.render_vision_pretraining(r["text"], r["response"], counts)
+        truncated = False
+        if self.max_len is not None and len(ids) > self.max_len:
+            image_end = max((s + c for s, c in zip(starts, counts)), default=1)
+            if self.overflow == "drop" or image_end > self.max_len:
+                return None  # an image cannot be cut: the model needs every one of its tokens
+            ids, truncated = ids[: self.max_len], True
+        t = self.processor.mode.tile_size
+        base = self.processor.mode.base_size
+        return {
+            "position": r["position"],
+            "sample_id": r["sample_id"],
+            "ids": torch.tensor(ids, dtype=torch.long),
+            "image_tokens": counts,
+            "global_views": torch.stack(views) if views else torch.empty((0, 3, base, base), dtype=torch.uint8),
+            "crops": torch.cat(crops) if crops else torch.empty((0, 3, t, t), dtype=torch.uint8),
+            "grids": grids,
+            "truncated": truncated,
+        }
+
+    def lengths(self) -> np.ndarray:
+        """Estimated ids per row for length-aware batching, one row group at a time.
+
+        Image tokens come from the export (the catalog's count); text is counted in UTF-8 bytes, exact
+        for the byte tokenizer and an upper bound for a BPE one.
+        """
+        out = np.empty(self.n, dtype=np.int64)
+        for g, start in enumerate(self.starts):
+            f_i, rg = self.groups[g]
+            f = self._open.get(f_i) or pq.ParquetFile(self.files[f_i])
+            t = f.read_row_group(rg, columns=["image_tokens", "text", "response", "messages", "image_path"])
+            total = pc.add(pc.fill_null(t["image_tokens"], 0), 2)  # + bos + assistant_end
+            for col in ("text", "response", "messages"):
+                total = pc.add(total, pc.fill_null(pc.binary_length(t[col].cast(pa.string())), 0))
+            # "<image>" (7 bytes) becomes the image run; a response adds its joining "\n".
+            total = pc.subtract(total, pc.multiply(pc.is_valid(t["image_path"]).cast(pa.int64()), 7))
+            total = pc.add(total, pc.is_valid(t["response"]).cast(pa.int64()))
+            out[start:start + t.num_rows] = total.to_numpy()
+        return out
+
+
+def _resolve(source: Path, split: str | None) -> tuple[list[Path], dict]:
+    """The Parquet files of an export (dir or manifest.json) or a single Parquet file, and its manifest."""
+    if source.suffix == ".parquet":
+        if not source.is_file():
+            raise FileNotFoundError(f"no Parquet file at {source}")
+        manifest_path = source.parent / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        return [source], manifest
+    manifest_path = source if source.name == "manifest.json" else source / "manifest.json"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"no export at {source}: expected {manifest_path} "
+                                "(write one with `ocrcat mix export`) or a .parquet file")
+    manifest = json.loads(manifest_path.read_text())
+    files = []
+    for entry in manifest.get("files", []):
+        name = entry if isinstance(entry, str) else entry.get("path") or entry.get("file")
+        path = manifest_path.parent / name
+        if path.suffix != ".parquet":
+            continue  # a JSONL export is for other tools; this Dataset reads the Parquet one
+        file_split = entry.get("split") if isinstance(entry, dict) else None
+        file_split = file_split or path.name.rsplit(".", 2)[-2]  # <name>.<split|all>.parquet
+        if split is None or file_split == split:
+            files.append(path)
+    if not files:
+        have = ", ".join(str(e) for e in manifest.get("files", [])) or "none"
+        raise FileNotFoundError(f"the export at {manifest_path.parent} has no Parquet file"
+                                + (f" for split {split!r}" if split else "") + f" (files: {have})")
+    return files, manifest
+
+
+def _image_root(manifest: dict, export_dir: Path) -> Path:
+    root = Path(manifest.get("image_root") or export_dir)
+    return root if root.is_absolute() else export_dir / root
+
+
+def _materialise(catalog, sql: str, path: Path) -> None:
+    """Stream the query's rows into a Parquet cache with absolute image paths; rename when complete."""
+    tmp = path.with_suffix(".tmp")
+    base = str(catalog.dir.resolve()) + "/"
+    wrapped = f"""
+        SELECT sample_id, source, split, kind, text, response, CAST(messages AS VARCHAR) AS messages,
+               CASE WHEN image_path IS NULL THEN NULL ELSE ? || image_path END AS image_path,
+               image_width, image_height, image_tokens, CAST(meta AS VARCHAR) AS meta
+        FROM ({sql}) q"""
+    try:
+        rel = catalog.con.cursor().sql(wrapped, params=[base])  # a cursor: the catalog may hold a pending result
+        # DuckDB 2 renamed fetch_arrow_reader to to_arrow_reader; the package allows both.
+        reader = (getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader)(CACHE_ROW_GROUP)
+    except Exception as exc:
+        raise ValueError(f"cannot build a Dataset from this query (it must select whole rows of "
+                         f"`samples`, e.g. SELECT * FROM samples WHERE …): {exc}") from None
+    position = 0
+    with pq.ParquetWriter(tmp, _with_position(reader.schema)) as writer:
+        for batch in reader:
+            pos = pa.array(np.arange(position, position + batch.num_rows, dtype=np.int64))
+            position += batch.num_rows
+            writer.write_table(pa.Table.from_batches([batch]).add_column(0, "position", pos),
+                               row_group_size=CACHE_ROW_GROUP)
+    os.replace(tmp, path)
+
+
+def _with_position(schema: pa.Schema) -> pa.Schema:
+    return schema.insert(0, pa.field("position", pa.int64()))

@@ -1,0 +1,120 @@
+"""A resumable batch sampler over the plan: rank r of W takes positions r, r+W, r+2W, …
+
+The plan is already shuffled (seeded) by the mixture, so the sampler keeps its order. The batches
+are a pure function of (n, batch size, rank, world size, lengths, window): the DataLoader's worker
+count cannot change them. Because the DataLoader prefetches, the sampler cannot know what training
+has used; the loop tells it with `step(batch)`, and `state_dict()` records exactly that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class PlanBatchSampler(torch.utils.data.Sampler):
+    """Batches of dataset indices for one DDP rank; pass as `DataLoader(batch_sampler=...)`.
+
+    >>> sampler = PlanBatchSampler(len(ds), 8, rank=rank, world_size=world)
+    >>> for batch in loader:
+    ...     train_step(batch); sampler.step(batch)
+    ...     if want_checkpoint: save({"model": ..., "data": sampler.state_dict()})
+
+    `lengths` (e.g. `ds.lengths()`) turns on length-aware batching: within each window of
+    `window` consecutive samples of this rank, samples are sorted by length before being cut into
+    batches, so rows of a batch have similar lengths and less padding. The order stays deterministic.
+    `drop_last` (default) gives every rank the same number of samples, n // W, so no rank waits.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        lengths: np.ndarray | None = None,
+        window: int | None = None,
+        drop_last: bool = True,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        if self.lengths is not None and len(self.lengths) != n:
+            raise ValueError(f"lengths has {len(self.lengths)} entries for {n} samples")
+        self.window = window or 64 * batch_size
+        self.drop_last = drop_last
+        self.consumed = 0  # samples of this rank that training has used
+
+    def order(self) -> np.ndarray:
+        """This rank's indices in the order they are served."""
+        per_rank = self.n // self.world_size if self.drop_last else -(-(self.n - self.rank) // self.world_size)
+        idx = self.rank + self.world_size * np.arange(per_rank, dtype=np.int64)
+        if self.lengths is None:
+            return idx
+        out = []
+        for s in range(0, len(idx), self.window):
+            w = idx[s:s + self.window]
+            out.append(w[np.argsort(self.lengths[w], kind="stable")])
+        return np.concatenate(out) if out else idx
+
+    def batches(self) -> list[np.ndarray]:
+        """All batches of this rank from the start; a window's batches never straddle windows."""
+        order = self.order()
+        step = self.window if self.lengths is not None else len(order) or 1
+        out = []
+        for s in range(0, len(order), step):
+            chunk = order[s:s + step]
+            out.extend(chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        if self.lengths is not None:
+            # Long-row batches and short-row batches alternate per window otherwise; a seeded shuffle
+            # of batches inside each window spreads them (seed = window index, still deterministic).
+            per = -(-self.window // self.batch_size)
+            for w0 in range(0, len(out), per):
+                rng = np.random.default_rng(w0)
+                part = out[w0:w0 + per]
+                out[w0:w0 + per] = [part[i] for i in rng.permutation(len(part))]
+        return out
+
+    def __iter__(self):
+        seen = 0
+        for b in self.batches():
+            if seen >= self.consumed:
+                yield b.tolist()
+            seen += len(b)
+
+    def __len__(self) -> int:
+        seen, count = 0, 0
+        for b in self.batches():
+            count += seen >= self.consumed
+            seen += len(b)
+        return count
+
+    def step(self, batch) -> None:
+        """Record that training used `batch` (a Batch, or a number of samples)."""
+        self.consumed += batch if isinstance(batch, int) else batch.consumed
+
+    def state_dict(self) -> dict:
+        return {"consumed": self.consumed, "rank": self.rank, "world_size": self.world_size,
+                "n": self.n, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("world_size", "n", "batch_size"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"cannot resume: the saved state has {key}={state[key]}, this sampler "
+                                 f"{getattr(self, key)}; resume with the same data, batch size and world size")
+        self.consumed = state["consumed"]
+
+    def padding_efficiency(self, lengths: np.ndarray, pad_to_multiple: int = 1) -> float:
+        """Real tokens / padded tokens over this rank's batches, computed from `lengths` alone."""
+        lengths = np.asarray(lengths)
+        real = padded = 0
+        for b in self.batches():
+            ls = lengths[b]
+            t = -(-int(ls.max()) // pad_to_multiple) * pad_to_multiple
+            real += int(ls.sum())
+            padded += t * len(ls)
+        return real / max(1, padded)

@@ -1,0 +1,211 @@
+"""Tokenizers behind one small interface, and the two renderings of SPEC 5.
+
+- vision rows: `<|bos|>` text-with-image-tokens `\\n` response `<|assistant_end|>`
+- text rows: nanochat's chat format, `<|bos|><|user_start|>…<|user_end|><|assistant_start|>…<|assistant_end|>`
+
+Three back ends: the built-in byte-level tokenizer (tests, demo), nanochat's tokenizer directory
+(`tokenizer.pkl`, a pickled tiktoken Encoding) and a Hugging Face `tokenizer.json`. Special tokens are
+always inserted by id, never by encoding their literal text (a document that happens to contain
+"<|assistant_end|>" must not end the sample).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+# nanochat's nine special tokens, in its order; the byte tokenizer adds `<|image|>` after them.
+SPECIAL_TOKENS = [
+    "<|bos|>",
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",
+    "<|python_start|>",
+    "<|python_end|>",
+    "<|output_start|>",
+    "<|output_end|>",
+]
+IMAGE_TOKEN = "<|image|>"
+IMAGE_PLACEHOLDER = "<image>"  # how catalog text marks where an image goes
+
+
+class Tokenizer:
+    """Common part: back ends provide `encode(text)`, `specials` (name -> id) and `vocab_size`."""
+
+    specials: dict[str, int]
+    base_vocab_size: int
+
+    def __init__(self, image_token_id: int | None = None):
+        missing = [s for s in ("<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>",
+                               "<|assistant_end|>") if s not in self.specials]
+        if missing:
+            raise ValueError(f"{self.name} tokenizer lacks nanochat special tokens {missing}; "
+                             "train it with nanochat's special tokens or use another tokenizer")
+        if image_token_id is None:
+            # A tokenizer without `<|image|>` gets the first id past its vocabulary: the model's
+            # embedding table then needs vocab_size rows (which accounts for it).
+            image_token_id = self.specials.get(IMAGE_TOKEN, self.base_vocab_size)
+        self.image_token_id = image_token_id
+        self.bos_id = self.specials["<|bos|>"]
+        self.assistant_end_id = self.specials["<|assistant_end|>"]
+        if image_token_id in (self.bos_id, self.assistant_end_id):
+            raise ValueError(f"image token id {image_token_id} collides with a special token")
+
+    name = "tokenizer"
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows the model's embedding needs (covers an image id placed past the vocabulary)."""
+        return max(self.base_vocab_size, self.image_token_id + 1)
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def render_vision_pretraining(
+        self, text: str, response: str | None, image_token_counts: list[int]
+    ) -> tuple[list[int], list[int]]:
+        """ids and the start index of each image's run of image-token ids (SPEC 5)."""
+        parts = text.split(IMAGE_PLACEHOLDER)
+        if len(parts) - 1 != len(image_token_counts):
+            raise ValueError(f"text has {len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders but "
+                             f"{len(image_token_counts)} images were given")
+        if response is not None:
+            parts[-1] = parts[-1] + "\n" + response
+        ids = [self.bos_id]
+        positions = []
+        for i, part in enumerate(parts):
+            if i:
+                positions.append(len(ids))
+                ids.extend([self.image_token_id] * image_token_counts[i - 1])
+            if part:
+                ids.extend(self.encode(part))
+        ids.append(self.assistant_end_id)
+        return ids, positions
+
+    def render_conversation(self, messages: list[dict]) -> list[int]:
+        """nanochat chat format; a system message is folded into the first user turn as nanochat does."""
+        msgs = list(messages)
+        if msgs and msgs[0].get("role") == "system":
+            if len(msgs) < 2 or msgs[1].get("role") != "user":
+                raise ValueError("a system message must be followed by a user message")
+            msgs = [{"role": "user", "content": msgs[0]["content"] + "\n\n" + msgs[1]["content"]}] + msgs[2:]
+        # Trailing user turns have no answer to learn from; a conversation needs one assistant turn.
+        while msgs and msgs[-1].get("role") != "assistant":
+            msgs.pop()
+        if not msgs:
+            raise ValueError("conversation has no assistant message")
+        s = self.specials
+        ids = [self.bos_id]
+        for i, m in enumerate(msgs):
+            role, content = m.get("role"), m.get("content")
+            if not isinstance(content, str):
+                raise ValueError(f"message {i} content must be a string, got {type(content).__name__}")
+            expected = "user" if i % 2 == 0 else "assistant"
+            if role != expected:
+                raise ValueError(f"message {i} has role {role!r}; expected {expected!r} (turns must alternate)")
+            ids.append(s[f"<|{role}_start|>"])
+            ids.extend(self.encode(content))
+            ids.append(s[f"<|{role}_end|>"])
+        return ids
+
+
+class ByteTokenizer(Tokenizer):
+    """256 byte ids, then nanochat's nine specials (256..264), then `<|image|>` (265)."""
+
+    name = "byte"
+
+    def __init__(self, image_token_id: int | None = None):
+        self.specials = {t: 256 + i for i, t in enumerate(SPECIAL_TOKENS + [IMAGE_TOKEN])}
+        self.base_vocab_size = 256 + len(self.specials)
+        super().__init__(image_token_id)
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        names = {v: k for k, v in self.specials.items()}
+        out, buf = [], bytearray()
+        for i in ids:
+            if i < 256:
+                buf.append(i)
+                continue
+            out.append(buf.decode("utf-8", errors="replace"))
+            buf = bytearray()
+            out.append(IMAGE_TOKEN if i == self.image_token_id else names.get(i, f"<|{i}|>"))
+        out.append(buf.decode("utf-8", errors="replace"))
+        return "".join(out)
+
+
+class TiktokenTokenizer(Tokenizer):
+    """nanochat's tokenizer directory: `tokenizer.pkl` holds a pickled tiktoken Encoding."""
+
+    name = "nanochat"
+
+    def __init__(self, path: Path, image_token_id: int | None = None):
+        try:
+            import tiktoken  # noqa: F401  (unpickling the Encoding needs it)
+        except ImportError:
+            raise ImportError("a nanochat tokenizer.pkl needs tiktoken: pip install 'ocrcat[tiktoken]'") from None
+        with open(path, "rb") as f:
+            self.enc = pickle.load(f)
+        self.specials = {t: self.enc.encode_single_token(t) for t in self.enc.special_tokens_set}
+        self.base_vocab_size = self.enc.n_vocab
+        super().__init__(image_token_id)
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.enc.decode([i for i in ids if i != self.image_token_id])
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face `tokenizer.json` whose added tokens include nanochat's specials."""
+
+    name = "huggingface"
+
+    def __init__(self, path: Path, image_token_id: int | None = None):
+        try:
+            from tokenizers import Tokenizer as HFTok
+        except ImportError:
+            raise ImportError("a tokenizer.json needs tokenizers: pip install 'ocrcat[tokenizers]'") from None
+        self.tok = HFTok.from_file(str(path))
+        self.specials = {t.content: i for i, t in self.tok.get_added_tokens_decoder().items() if t.special}
+        self.base_vocab_size = self.tok.get_vocab_size(with_added_tokens=True)
+        # Literal "<|…|>" text in a document stays plain text; specials go in only by id.
+        self.tok.encode_special_tokens = True
+        super().__init__(image_token_id)
+
+    def encode(self, text: str) -> list[int]:
+        # add_special_tokens=False: no template bos/eos; specials are placed by the renderers.
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode([i for i in ids if i != self.image_token_id], skip_special_tokens=False)
+
+
+def load_tokenizer(spec: str | os.PathLike | None = None, *, image_token_id: int | None = None) -> Tokenizer:
+    """`None`/"byte": built-in; a nanochat dir or `tokenizer.pkl`; a `tokenizer.json` or a dir holding one.
+
+    >>> tok = load_tokenizer("~/.cache/nanochat/tokenizer")
+    >>> ids, image_starts = tok.render_vision_pretraining("<image>\\nQuestion: …", "42", [903])
+    """
+    if spec is None or str(spec) == "byte":
+        return ByteTokenizer(image_token_id)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for name, cls in (("tokenizer.pkl", TiktokenTokenizer), ("tokenizer.json", HFTokenizer)):
+            if (path / name).is_file():
+                return cls(path / name, image_token_id)
+        raise FileNotFoundError(f"{path} holds neither tokenizer.pkl (nanochat) nor tokenizer.json (Hugging Face)")
+    if path.suffix == ".pkl" and path.is_file():
+        return TiktokenTokenizer(path, image_token_id)
+    if path.suffix == ".json" and path.is_file():
+        return HFTokenizer(path, image_token_id)
+    raise FileNotFoundError(f"no tokenizer at {path}: pass 'byte', a nanochat tokenizer directory "
+                            "(tokenizer.pkl) or a Hugging Face tokenizer.json")
