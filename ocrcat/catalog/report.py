@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from ocrcat.catalog.plots import source_histograms_png
 from ocrcat.catalog.stats import catalog_stats, source_stats
 from ocrcat.catalog.store import Catalog
-from ocrcat.catalog.validate import CHECKS, CheckResult, path_problem, validate
+from ocrcat.catalog.validate import CHECKS, CheckResult, mixture_descriptions, path_problem, validate
 
 THUMB = (260, 260)
 SHOWN_QUANTILES = ("p50", "p90", "max")
@@ -136,25 +136,26 @@ def _statistics(catalog: Catalog, tokenizer) -> str:
 
 
 def _mixtures(catalog: Catalog) -> str:
-    """Intended against realised shares of every mixture (needs ocrcat.mix; empty without mixtures)."""
-    names = [n for (n,) in catalog.con.execute("SELECT name FROM mixtures ORDER BY 1").fetchall()]
-    if not names:
-        return ('<h2 id="mixtures">Mixtures</h2><p class="muted">no mixtures defined '
-                "(<code>ocrcat mix load --preset</code>)</p>")
-    from ocrcat.catalog.validate import mixture_descriptions
-
+    """Per mixture and component: rows matched, plan rows promised and realised, intended and realised share."""
     parts = ['<h2 id="mixtures">Mixtures</h2>']
-    for name, rows, error in mixture_descriptions(catalog, names):
-        parts.append(f"<h3>{_e(name)}</h3>")
+    for name, described, error in mixture_descriptions(catalog):
         if error:
-            parts.append(f'<p class="fail">{_e(error)}</p>')
+            parts.append(f'<h3>{_e(name)}</h3><p class="fail">{_e(error)}</p>')
             continue
+        parts.append(f"<h3>{_e(name)}</h3><p class=\"muted\">seed {_e(described['seed'])}, "
+                     f"text share {described['text_share']:.0%}, {described['total']:,} plan rows, "
+                     f"view <code>{_e(described['view'])}</code></p>")
         parts.append(_table(
-            ["component", "predicate", "weight", "matching rows", "plan rows", "intended share", "realised share"],
-            [[_e(r["component"]), f"<code>{_e(r['predicate'])}</code>", _e(r["weight"]), f"{r['rows']:,}",
-              f"{r['plan_rows']:,}", f"{r['intended_share']:.2%}", f"{r['realised_share']:.2%}"] for r in rows],
+            ["component", "predicate", "weight", "matching rows", "promised", "plan rows",
+             "intended share", "realised share"],
+            [[_e(c["name"]), f"<code>{_e(c['predicate'])}</code>",
+              _e("text share" if c["weight"] is None else c["weight"]), f"{c['rows']:,}", f"{c['promised']:,}",
+              f"{c['realised']:,}", f"{c['intended_share']:.2%}", f"{c['realised_share']:.2%}"]
+             for c in described["components"]],
             left=2,
         ))
+    if len(parts) == 1:
+        parts.append('<p class="muted">no mixtures defined (<code>ocrcat mix load --preset</code>)</p>')
     return "".join(parts)
 
 

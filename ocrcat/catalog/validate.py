@@ -253,12 +253,51 @@ def _stream(con, query: str, params: list) -> Iterator[tuple]:
 
 
 def _mixture_checks(catalog: Catalog) -> list[CheckResult]:
-    return []
+    """Per mixture: its components still match rows, and its view gives the plan the definition promises.
+
+    The view `mix_<name>` is SQL fixed when the mixture was stored; a definition edited afterwards,
+    or a catalog re-ingested under it, shows up here as counts that no longer agree.
+    """
+    from ocrcat.mix.mixtures import describe_mixture, view_name
+
+    results = []
+    for (name,) in catalog.con.execute("SELECT name FROM mixtures ORDER BY name").fetchall():
+        source = f"mixture:{name}"
+        try:
+            described = describe_mixture(catalog, name)
+        except Exception as exc:  # a predicate that no longer binds (a renamed column) lands here
+            results.append(CheckResult(source, "mixture_rows", 1, 1, [], f"cannot compute the plan: {exc}"))
+            continue
+        comps = described["components"]
+        empty = [c["name"] for c in comps if c["rows"] == 0]
+        results.append(CheckResult(source, "mixture_rows", len(comps), len(empty), [],
+                                   f"components matching no rows: {', '.join(empty)}" if empty else ""))
+        try:
+            in_view = dict(catalog.con.execute(
+                f"SELECT component, count(*) FROM {view_name(name)} GROUP BY 1").fetchall())
+        except Exception as exc:
+            results.append(CheckResult(source, "mixture_shares", len(comps), len(comps), [],
+                                       f"view {view_name(name)} unusable: {exc}"))
+            continue
+        wrong = []
+        for c in comps:
+            # Whole weights promise exact counts, fractions and the text share round to one row.
+            if c["realised"] != c["promised"] or in_view.get(c["name"], 0) != c["realised"]:
+                wrong.append(f"{c['name']}: promised {c['promised']}, plan {c['realised']}, "
+                             f"view {view_name(name)} {in_view.get(c['name'], 0)}")
+        results.append(CheckResult(source, "mixture_shares", len(comps), len(wrong), [], "; ".join(wrong)))
+    return results
 
 
-def mixture_descriptions(catalog: Catalog, names: list[str]) -> Iterator[tuple[str, list[dict], str | None]]:
-    for name in names:
-        yield name, [], "ocrcat.mix.mixtures is not available"
+def mixture_descriptions(catalog: Catalog) -> Iterator[tuple[str, dict | None, str | None]]:
+    """(name, describe_mixture's answer, None) per stored mixture, or (name, None, why not)."""
+    from ocrcat.mix.mixtures import describe_mixture
+
+    for (name,) in catalog.con.execute("SELECT name FROM mixtures ORDER BY name").fetchall():
+        try:
+            yield name, describe_mixture(catalog, name), None
+        except Exception as exc:
+            yield name, None, f"cannot compute the plan of {name}: {exc}"
 
 
 def failed(results: Iterable[CheckResult]) -> list[CheckResult]:

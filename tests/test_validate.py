@@ -1,0 +1,174 @@
+"""`ocrcat validate`: planted faults are reported with the right sample ids; a clean catalog passes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from ocrcat.catalog import Catalog, CatalogError, sample_id
+from ocrcat.catalog.validate import image_problem, path_problem, validate
+from ocrcat.cli import app
+from ocrcat.ingest.runner import ingest
+
+SOURCES = ("chartqa", "latex_formulas")
+
+
+@pytest.fixture(scope="module")
+def pristine(sample_mirror_factory, tmp_path_factory):
+    """A real catalog ingested from sample mirrors; tests work on copies of it."""
+    path = tmp_path_factory.mktemp("validate") / "catalog"
+    with Catalog(path) as cat:
+        for source in SOURCES:
+            ingest(cat, source, mirror=sample_mirror_factory(source, rows=12))
+    return path
+
+
+@pytest.fixture
+def catalog(pristine, tmp_path):
+    path = tmp_path / "catalog"
+    shutil.copytree(pristine, path)
+    return path
+
+
+def by_check(results):
+    return {(r.source, r.check): r for r in results}
+
+
+def test_clean_catalog_passes(catalog):
+    with Catalog(catalog, read_only=True) as cat:
+        results = validate(cat, deep=True)
+    checks = {r.check for r in results}
+    assert {"image_prefix", "image_path", "image_tokens", "image_decodes", "sample_id"} <= checks
+    assert all(r.ok for r in results), [r for r in results if not r.ok]
+    assert {r.source for r in results} == set(SOURCES)
+    assert all(r.checked > 0 for r in results)
+
+    out = CliRunner().invoke(app, ["validate", "--deep", "--json", "--catalog", str(catalog)])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["ok"] is True
+
+
+def test_planted_faults_are_reported_with_their_sample_ids(catalog):
+    with Catalog(catalog) as cat:
+        # latex_formulas rows each have their own image, so a broken file breaks exactly one row.
+        rows = cat.con.execute(
+            "SELECT sample_id, image_path FROM samples WHERE source = 'latex_formulas' "
+            "AND image_path IN (SELECT image_path FROM samples GROUP BY 1 HAVING count(*) = 1) "
+            "ORDER BY sample_id LIMIT 4"
+        ).fetchall()
+        (deleted, deleted_path), (corrupt, corrupt_path), (tokens, _), (prefix, _) = rows
+        (catalog / deleted_path).unlink()
+        data = (catalog / corrupt_path).read_bytes()
+        (catalog / corrupt_path).write_bytes(data[: len(data) // 2])  # a truncated file
+        cat.con.execute("UPDATE samples SET image_tokens = image_tokens + 1 WHERE sample_id = ?", [tokens])
+        cat.con.execute("UPDATE samples SET text = substr(text, 9) WHERE sample_id = ?", [prefix])
+
+        found = by_check(validate(cat, deep=True))
+        quick = by_check(validate(cat))
+
+    src = "latex_formulas"
+    assert found[(src, "image_path")].examples == [deleted]
+    assert found[(src, "image_path")].failed == 1
+    assert "file missing" in found[(src, "image_path")].note
+    assert sorted(found[(src, "image_decodes")].examples) == sorted([deleted, corrupt])
+    assert found[(src, "image_tokens")].examples == [tokens]
+    assert found[(src, "image_prefix")].examples == [prefix]
+    assert (src, "image_decodes") not in quick  # only --deep reads the files
+    # Nothing leaks into the other source or the other checks.
+    assert all(r.ok for (s, _), r in found.items() if s != src)
+    assert found[(src, "sample_id")].ok and found[(src, "image_facts")].ok
+
+    out = CliRunner().invoke(app, ["validate", "--deep", "--json", "--catalog", str(catalog)])
+    assert out.exit_code == 1
+    report = json.loads(out.output)
+    assert report["ok"] is False
+    failing = {(c["source"], c["check"]): c["examples"] for c in report["checks"] if not c["ok"]}
+    assert failing[(src, "image_tokens")] == [tokens]
+    assert failing[(src, "image_prefix")] == [prefix]
+
+
+def test_sample_id_and_path_escape_are_caught(catalog):
+    (catalog.parent / "outside.png").write_bytes(b"not inside the catalog")
+    with Catalog(catalog) as cat:
+        a, b = [r[0] for r in cat.con.execute(
+            "SELECT sample_id FROM samples WHERE source = 'chartqa' ORDER BY sample_id LIMIT 2").fetchall()]
+        cat.con.execute("UPDATE samples SET source_key = source_key || '-edited' WHERE sample_id = ?", [a])
+        cat.con.execute("UPDATE samples SET image_path = '../outside.png' WHERE sample_id = ?", [b])
+        found = by_check(validate(cat, sources=["chartqa"]))
+    assert found[("chartqa", "sample_id")].examples == [a]
+    assert found[("chartqa", "image_path")].examples == [b]
+    assert "not a relative path inside the catalog" in found[("chartqa", "image_path")].note
+    assert {s for s, _ in found} == {"chartqa"}
+
+
+def test_path_and_image_problems(tmp_path):
+    assert path_problem(str(tmp_path), "/etc/passwd")
+    assert path_problem(str(tmp_path), "images/../../x.png")
+    assert path_problem(str(tmp_path), "images/a.png") == "images/a.png: file missing"
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(buf, "PNG")
+    (tmp_path / "ok.png").write_bytes(buf.getvalue())
+    sha = hashlib.sha256(buf.getvalue()).hexdigest()
+    assert image_problem(str(tmp_path), "ok.png", sha, 40, 30) is None
+    assert "decodes to 40x30" in image_problem(str(tmp_path), "ok.png", sha, 41, 30)
+    cut = buf.getvalue()[:60]  # a truncated file whose catalog hash matches: only decoding can tell
+    (tmp_path / "cut.png").write_bytes(cut)
+    assert "does not decode" in image_problem(str(tmp_path), "cut.png", hashlib.sha256(cut).hexdigest(), 40, 30)
+
+
+def test_conversations_of_text_rows(catalog):
+    convs = {
+        "good": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+        "system": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
+                   {"role": "assistant", "content": "hello"}],
+        "two_users": [{"role": "user", "content": "hi"}, {"role": "user", "content": "again"}],
+        "ends_with_user": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
+                           {"role": "user", "content": "b"}],
+        "empty_content": [{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}],
+        "not_a_list": {"role": "user", "content": "hi"},
+        "missing": None,
+    }
+    ids = {key: sample_id("smoltalk", "train", key) for key in convs}
+    with Catalog(catalog) as cat:
+        cat.con.executemany(
+            "INSERT INTO samples (sample_id, source, split, source_key, kind, text, messages, meta, ingest_run) "
+            "VALUES (?, 'smoltalk', 'train', ?, 'text', 'a conversation', ?, '{}', 1)",
+            [[ids[k], k, None if m is None else json.dumps(m)] for k, m in convs.items()],
+        )
+        found = by_check(validate(cat, sources=["smoltalk"]))
+    bad = sorted(ids[k] for k in convs if k not in ("good", "system"))
+    assert found[("smoltalk", "conversation")].checked == len(convs)
+    assert sorted(found[("smoltalk", "conversation")].examples) == bad[:5]
+    assert found[("smoltalk", "conversation")].failed == len(bad)
+    assert ("smoltalk", "image_prefix") not in found  # no vision rows: nothing to check there
+
+
+def test_mixture_checks(catalog):
+    mixtures = pytest.importorskip("ocrcat.mix.mixtures")
+    with Catalog(catalog) as cat:
+        mixtures.create_mixture(cat, "charts", [("chartqa", "source = 'chartqa'", 1.5),
+                                                ("formulas", "source = 'latex_formulas'", 2)], seed=3)
+        clean = by_check(validate(cat))
+        assert clean[("mixture:charts", "mixture_rows")].ok
+        assert clean[("mixture:charts", "mixture_shares")].ok
+        # A definition edited behind the view's back, and a component whose rows are gone.
+        cat.con.execute("UPDATE mixture_components SET weight = 3 WHERE name = 'formulas'")
+        cat.con.execute("DELETE FROM samples WHERE source = 'chartqa'")
+        found = by_check(validate(cat))
+    assert not found[("mixture:charts", "mixture_rows")].ok
+    assert "chartqa" in found[("mixture:charts", "mixture_rows")].note
+    assert not found[("mixture:charts", "mixture_shares")].ok
+    assert "formulas" in found[("mixture:charts", "mixture_shares")].note
+
+
+def test_unknown_source_is_a_user_error(catalog):
+    with Catalog(catalog, read_only=True) as cat, pytest.raises(CatalogError, match="no rows of docbank"):
+        validate(cat, sources=["docbank"])
+    out = CliRunner().invoke(app, ["validate", "--source", "docbank", "--catalog", str(catalog)])
+    assert out.exit_code == 2 and "no rows of docbank" in out.output
