@@ -1,0 +1,146 @@
+"""VisionCollator batches (SPEC 5 invariants), the device step, length-aware batching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from ocrcat.mix import Batch, MixtureDataset, PlanBatchSampler, VisionCollator
+from ocrcat.vision import MODES
+
+from test_dataset import export_dir, small_catalog  # noqa: F401  (session fixtures)
+
+
+def check_batch(batch: Batch, ds: MixtureDataset) -> None:
+    """Every invariant SPEC 5 and issue 6 ask of a batch, against the Dataset's own items."""
+    tok = ds.tokenizer
+    img = tok.image_token_id
+    items = [ds[int(p)] for p in batch.positions]
+    B, T = batch.inputs.shape
+    assert batch.targets.shape == batch.images_seq_mask.shape == (B, T)
+    assert batch.inputs.dtype == batch.targets.dtype == torch.long and batch.images_seq_mask.dtype == torch.bool
+    counts = [c for it in items for c in it["image_tokens"]]
+    assert int(batch.images_seq_mask.sum()) == sum(counts)
+    assert (batch.inputs[batch.images_seq_mask] == img).all()
+    assert not (batch.inputs[~batch.images_seq_mask] == img).any()
+    assert not (batch.targets == img).any()
+    for b, it in enumerate(items):
+        ids = it["ids"]
+        n = len(ids) - 1
+        assert int(batch.lengths[b]) == n and int(batch.sample_ids[b]) % 2**64 == it["sample_id"]
+        assert torch.equal(batch.inputs[b, :n], ids[:-1])
+        expected = ids[1:].clone()
+        expected[expected == img] = -1  # no loss where the next token is an image token
+        assert torch.equal(batch.targets[b, :n], expected)
+        assert (batch.targets[b, n:] == -1).all()  # padding
+        # -1 exactly on padding and image-token next positions, nowhere else:
+        minus = (batch.targets[b] == -1).nonzero().flatten().tolist()
+        assert minus == [t for t in range(T) if t >= n or ids[t + 1] == img]
+        if not it["truncated"]:
+            assert int(batch.targets[b, n - 1]) == tok.assistant_end_id
+    m = MODES[ds.vision_mode]
+    assert batch.pixel_values.dtype == torch.uint8 and batch.crop_values.dtype == torch.uint8
+    assert batch.pixel_values.shape == (len(counts), 3, m.base_size, m.base_size)
+    assert torch.equal(batch.pixel_values, torch.cat([it["global_views"] for it in items]))
+    assert torch.equal(batch.crop_values, torch.cat([it["crops"] for it in items]))
+    grids = [g for it in items for g in it["grids"]]
+    assert batch.images_spatial_crop.tolist() == [list(g) for g in grids]
+    n_crops = sum(w * h for w, h in grids if w * h > 1)
+    assert batch.crop_values.shape == (n_crops, 3, m.tile_size, m.tile_size)
+
+
+@pytest.mark.parametrize("pad_to_multiple", [1, 8])
+def test_every_batch_through_a_two_worker_loader(export_dir, pad_to_multiple):  # noqa: F811
+    ds = MixtureDataset(export_dir)
+    sampler = PlanBatchSampler(len(ds), 4, drop_last=False)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=2,
+                        collate_fn=VisionCollator(ds.tokenizer, pad_to_multiple=pad_to_multiple))
+    seen = []
+    for batch in loader:
+        check_batch(batch, ds)
+        assert batch.inputs.shape[1] % pad_to_multiple == 0
+        assert batch.inputs.shape[1] - pad_to_multiple < int(batch.lengths.max()) <= batch.inputs.shape[1]
+        seen += batch.positions.tolist()
+    assert seen == list(range(len(ds)))  # plan order, whatever the workers did
+
+
+def test_unpacks_like_the_data_plan_loop(export_dir):  # noqa: F811
+    ds = MixtureDataset(export_dir)
+    batch = VisionCollator(ds.tokenizer)([ds[0], ds[1]])
+    inputs, targets, pixel_values, images_seq_mask = batch
+    assert inputs is batch.inputs and targets is batch.targets
+    assert pixel_values is batch.pixel_values and images_seq_mask is batch.images_seq_mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_device_step_normalises_on_the_device(export_dir, dtype):  # noqa: F811
+    ds = MixtureDataset(export_dir)
+    vision = [i for i in range(len(ds)) if ds.row(i)["kind"] == "vision"][:2]
+    batch = VisionCollator(ds.tokenizer)([ds[i] for i in vision])
+    assert batch.crop_values.shape[0] > 0
+    moved = batch.to("cpu", dtype)
+    for name in ("pixel_values", "crop_values"):
+        x = getattr(batch, name)
+        expected = ((x.float() / 255 - 0.5) / 0.5).to(dtype)
+        assert getattr(moved, name).dtype == dtype
+        assert torch.equal(getattr(moved, name), expected)
+    assert moved.pixel_values.min() >= -1 and moved.pixel_values.max() <= 1
+    assert torch.equal(moved.inputs, batch.inputs) and moved.inputs.dtype == torch.long
+    assert batch.pixel_values.dtype == torch.uint8  # the source batch is untouched
+    # The grey pad colour 127 lands next to 0, as DeepSeek-OCR's mean-0.5 normalisation puts it.
+    assert abs(float(((torch.tensor(127.0) / 255 - 0.5) / 0.5))) < 0.004
+
+
+def test_device_step_on_the_meta_device_keeps_shapes(export_dir):  # noqa: F811
+    ds = MixtureDataset(export_dir)
+    batch = VisionCollator(ds.tokenizer)([ds[0], ds[1], ds[2]])
+    meta = batch.to(torch.device("meta"), torch.bfloat16)
+    assert meta.pixel_values.device.type == "meta" and meta.pixel_values.dtype == torch.bfloat16
+    assert meta.pixel_values.shape == batch.pixel_values.shape
+    assert meta.crop_values.shape == batch.crop_values.shape
+    assert meta.inputs.dtype == torch.long and meta.images_seq_mask.dtype == torch.bool
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a GPU (none here)")
+def test_pinned_batch_moves_to_cuda(export_dir):  # noqa: F811
+    ds = MixtureDataset(export_dir)
+    batch = VisionCollator(ds.tokenizer)([ds[0], ds[1]]).pin_memory()
+    assert batch.pixel_values.is_pinned()
+    moved = batch.to("cuda", torch.bfloat16)
+    torch.cuda.synchronize()
+    assert torch.equal(moved.pixel_values.cpu(), batch.to("cpu", torch.bfloat16).pixel_values)
+
+
+def test_dropped_items_are_counted(export_dir):  # noqa: F811
+    ds = MixtureDataset(export_dir, max_len=100, overflow="drop")
+    items = [ds[i] for i in range(len(ds))]
+    kept = [it for it in items if it is not None]
+    # text rows fit in 100 ids, vision rows (at least 273 image ids) do not
+    assert len(kept) == sum(ds.row(i)["kind"] == "text" for i in range(len(ds))) > 0
+    batch = VisionCollator(ds.tokenizer)(items)
+    assert batch.dropped == len(ds) - len(kept) and batch.consumed == len(ds)
+    assert batch.positions.tolist() == [it["position"] for it in kept]
+    with pytest.raises(ValueError, match="dropped"):
+        VisionCollator(ds.tokenizer)([None, None])
+
+
+def test_length_aware_batching_pads_less_and_serves_every_sample(export_dir):  # noqa: F811
+    ds = MixtureDataset(export_dir)
+    lengths = ds.lengths()
+    plain = PlanBatchSampler(len(ds), 4)
+    grouped = PlanBatchSampler(len(ds), 4, lengths=lengths, window=16)
+    assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)
+    e_plain, e_grouped = plain.padding_efficiency(lengths), grouped.padding_efficiency(lengths)
+    print(f"padding efficiency: plan order {e_plain:.3f}, length-aware {e_grouped:.3f}")
+    assert e_grouped > e_plain
+    # The figure from lengths equals what the collator really pads (byte tokenizer: exact lengths
+    # for vision rows; text rows are estimated from their JSON, so compare on vision rows only).
+    vision = np.array([ds.row(i)["kind"] == "vision" for i in range(len(ds))])
+    collate = VisionCollator(ds.tokenizer)
+    for b in grouped:
+        if vision[b].all():
+            batch = collate([ds[i] for i in b])
+            est = lengths[b] - 1  # ids -> inputs
+            assert batch.padding_efficiency == pytest.approx(est.sum() / (est.max() * len(b)))
