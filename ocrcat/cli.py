@@ -414,5 +414,155 @@ def show(
         err.print(f"[yellow]warning:[/] {image['problem']} (run ocrcat validate)")
 
 
+mix_app = typer.Typer(
+    help="Mixtures: weighted SQL predicates over samples, planned with a seed; each one is the view mix_<name>.\n\n"
+    "Example: ocrcat mix load --preset && ocrcat mix show stage2",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(mix_app, name="mix")
+
+
+def _parse_component(spec: str) -> dict:
+    """NAME=PREDICATE:WEIGHT; the weight follows the last colon, and is 1 when that is no number."""
+    name, eq, rest = spec.partition("=")
+    if not eq or not rest.strip():
+        raise ValueError(f"--component {spec!r} is not NAME=PREDICATE:WEIGHT, "
+                         "e.g. --component \"charts=source = 'chartqa':1.5\"")
+    predicate, colon, weight = rest.rpartition(":")
+    if colon:
+        try:
+            return {"name": name.strip(), "predicate": predicate, "weight": float(weight)}
+        except ValueError:
+            pass  # that colon belongs to the predicate (a :: cast)
+    return {"name": name.strip(), "predicate": rest, "weight": 1.0}
+
+
+@mix_app.command("list")
+def mix_list(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """List the mixtures stored in the catalog.
+
+    Example: ocrcat mix list --json
+    """
+    from ocrcat.mix.mixtures import list_mixtures
+
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        rows = list_mixtures(cat)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(["name", "seed", "text share", "components", "view"],
+                    [(r["name"], r["seed"], f"{r['text_share']:.0%}", r["components"], r["view"]) for r in rows])
+
+
+@mix_app.command("show")
+def mix_show(
+    name: Annotated[str, typer.Argument(help="mixture name")],
+    split: Annotated[Optional[str], typer.Option(help="apply the definition to this split only")] = None,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Components, rows per component before and after weighting, realised against intended shares.
+
+    Example: ocrcat mix show stage2 --split train
+    """
+    from ocrcat.mix.mixtures import describe_mixture
+
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        d = describe_mixture(cat, name, split)
+    if as_json:
+        print_json(d)
+        return
+    print_table(
+        ["component", "predicate", "weight", "rows", "promised", "in plan", "intended", "realised"],
+        [(c["name"], c["predicate"], "text share" if c["weight"] is None else f"{c['weight']:g}", c["rows"],
+          c["promised"], c["realised"], f"{c['intended_share']:.2%}", f"{c['realised_share']:.2%}")
+         for c in d["components"]],
+        title=f"{name}{f' ({split})' if split else ''}: seed {d['seed']}, text share {d['text_share']:.0%}",
+    )
+    console.print(f"{d['total']} plan positions; query them as the view {d['view']}")
+
+
+@mix_app.command("create")
+def mix_create(
+    name: Annotated[str, typer.Argument(help="mixture name (lowercase letters, digits, _)")],
+    component: Annotated[list[str], typer.Option("--component", "-C", metavar="NAME=PREDICATE:WEIGHT",
+                                                 help="a SQL predicate over samples with a weight; repeatable")],
+    text_share: Annotated[float, typer.Option(help="fraction of the plan drawn from text rows")] = 0.0,
+    text_predicate: Annotated[Optional[str], typer.Option(help="which rows the text share draws [default: kind = 'text']")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the draws and the order")] = 0,
+    replace: Annotated[bool, typer.Option("--replace", help="replace a mixture of the same name")] = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Define a mixture; every predicate is checked (valid SQL, known columns, some rows) before anything is written.
+
+    Example: ocrcat mix create charts -C "human=source = 'chartqa' AND meta->>'origin' = 'human':2" -C "plots=source = 'plotqa':0.5" --text-share 0.1 --seed 7
+    """
+    from ocrcat.mix.mixtures import create_mixture
+
+    with user_errors(), Catalog(catalog) as cat:
+        create_mixture(cat, name, [_parse_component(c) for c in component], text_share, seed, text_predicate, replace)
+    console.print(f"created mixture {name}: ocrcat mix show {name}, or SELECT … FROM mix_{name}")
+
+
+@mix_app.command("load")
+def mix_load(
+    file: Annotated[Optional[Path], typer.Argument(help="TOML file of mixture definitions")] = None,
+    preset: Annotated[bool, typer.Option("--preset", help="load the data plan's presets stage1 and stage2")] = False,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="load only this mixture of the file; repeatable")] = None,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Load mixtures from a TOML file (or the packaged presets), replacing those of the same name.
+
+    All definitions are checked before any is written. Example: ocrcat mix load --preset
+    """
+    from ocrcat.mix.mixtures import load_toml
+
+    if (file is None) == (not preset):
+        err.print("[bold red]error:[/] give a TOML file or --preset (not both)")
+        raise typer.Exit(2)
+    with user_errors(), Catalog(catalog) as cat:
+        loaded = load_toml(cat, file, only)
+    console.print(f"loaded {', '.join(d['name'] for d in loaded)}")
+
+
+@mix_app.command("drop")
+def mix_drop(name: Annotated[str, typer.Argument(help="mixture name")], catalog: CatalogOpt = None) -> None:
+    """Remove a mixture's definition and its view (samples are untouched).
+
+    Example: ocrcat mix drop charts
+    """
+    from ocrcat.mix.mixtures import drop_mixture
+
+    with user_errors(), Catalog(catalog) as cat:
+        drop_mixture(cat, name)
+    console.print(f"dropped mixture {name}")
+
+
+@app.command("export")
+def export(
+    name: Annotated[str, typer.Argument(help="mixture name")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    format: Annotated[str, typer.Option("--format", help="parquet or jsonl")] = "parquet",
+    split: Annotated[Optional[str], typer.Option(help="apply the mixture to this split only (train, val, test)")] = None,
+    relative_paths: Annotated[bool, typer.Option("--relative-paths", help="image paths relative to the catalog folder")] = False,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a mixture's plan in order (every column a trainer needs) and manifest.json to a folder.
+
+    Example: ocrcat export stage2 --out exports/stage2 --split train
+    """
+    from ocrcat.mix.export import export_mixture
+
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        manifest = export_mixture(cat, name, out, format, split, relative_paths)
+    if as_json:
+        print_json(manifest)
+    else:
+        entry = manifest["exports"][split or "all"]
+        console.print(f"wrote {entry['rows']} rows to {out / entry['file']} and {out / 'manifest.json'}")
+
+
 if __name__ == "__main__":
     app()

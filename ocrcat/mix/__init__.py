@@ -8,6 +8,10 @@ _LAZY = {
     "Batch": "ocrcat.mix.collate",
     "PlanBatchSampler": "ocrcat.mix.sampler",
     "load_tokenizer": "ocrcat.mix.tokenizer",
+    "create_mixture": "ocrcat.mix.mixtures",
+    "load_toml": "ocrcat.mix.mixtures",
+    "describe_mixture": "ocrcat.mix.mixtures",
+    "export_mixture": "ocrcat.mix.export",
 }
 
 

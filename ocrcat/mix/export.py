@@ -1,0 +1,215 @@
+"""Export a mixture's plan: every column a trainer needs, one row per position, in plan order.
+
+Files in the output folder:
+- `<name>.<split or all>.parquet` (row groups of ROW_GROUP rows, so that reading one position
+  decodes at most that many rows) or `.jsonl` (the data plan's index format: "text", "response",
+  "image_path" first, then the other columns);
+- `manifest.json`: the definition, seed, vision mode, catalog and its state, row counts, files.
+
+Data files are written by pyarrow / json from an ordered stream with fixed row-group boundaries,
+so the same plan exported twice gives byte-identical files. Each file appears under its final
+name only when complete, so an interrupted export can simply be run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ocrcat.catalog import Catalog
+from ocrcat.mix.mixtures import MixtureError, check_split, get_mixture, plan_sql
+
+ROW_GROUP = 1024
+FORMATS = ("parquet", "jsonl")
+
+# The agreed export schema (read by ocrcat.mix.dataset); columns may be added at the end.
+SCHEMA = pa.schema([
+    ("position", pa.int64()),
+    ("sample_id", pa.uint64()),
+    ("component", pa.string()),
+    ("repeat", pa.int32()),
+    ("source", pa.string()),
+    ("split", pa.string()),
+    ("kind", pa.string()),
+    ("text", pa.string()),
+    ("response", pa.string()),
+    ("messages", pa.string()),
+    ("image_path", pa.string()),
+    ("image_width", pa.int32()),
+    ("image_height", pa.int32()),
+    ("image_tokens", pa.int32()),
+    ("meta", pa.string()),
+    ("source_key", pa.string()),
+    ("image_sha256", pa.string()),
+])
+JSONL_FIRST = ("text", "response", "image_path")
+
+
+def export_sql(definition: dict, split: str | None = None) -> str:
+    """The plan joined to its samples, in the export's column order; `?` is the image path prefix
+    (bound as a parameter: a folder name never becomes SQL)."""
+    return f"""
+    WITH plan AS ({plan_sql(definition, split)})
+    SELECT p.position, s.sample_id, p.component, p.repeat, s.source, s.split, s.kind, s.text, s.response,
+           CAST(s.messages AS VARCHAR) AS messages,
+           CASE WHEN s.image_path IS NULL THEN NULL ELSE ? || s.image_path END AS image_path,
+           s.image_width, s.image_height, s.image_tokens, CAST(s.meta AS VARCHAR) AS meta,
+           s.source_key, s.image_sha256
+    FROM plan p JOIN samples s USING (sample_id)
+    ORDER BY p.position"""
+
+
+def catalog_state(catalog: Catalog) -> dict:
+    """What the plan was computed from: row count and an order-free checksum of the sample ids."""
+    rows, xor, total = catalog.con.execute(
+        "SELECT count(*), coalesce(bit_xor(sample_id), 0), coalesce(sum(sample_id::HUGEINT), 0) % 18446744073709551616 "
+        "FROM samples"
+    ).fetchone()
+    checksum = hashlib.md5(f"{rows}:{xor}:{total}".encode()).hexdigest()
+    return {"samples": rows, "sample_ids_checksum": checksum}
+
+
+def export_mixture(
+    catalog: Catalog,
+    name: str,
+    out: str | os.PathLike,
+    format: str = "parquet",
+    split: str | None = None,
+    relative_paths: bool = False,
+    memory_limit: str | None = "1GB",
+) -> dict:
+    """Write the plan of mixture `name` (restricted to `split` if given) to `out`; returns the manifest.
+
+    >>> export_mixture(cat, "stage2", "exports/stage2", split="train")
+
+    `memory_limit` caps DuckDB while it sorts the joined rows into plan order (it spills to disk
+    beyond it) and is restored afterwards; without a cap DuckDB may take most of the machine's RAM.
+    """
+    if format not in FORMATS:
+        raise MixtureError(f"unknown export format {format!r}; use parquet or jsonl")
+    definition = get_mixture(catalog, name)
+    out = Path(out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    root = catalog.dir.resolve()
+    data = out / f"{name}.{split or 'all'}.{format}"
+    tmp = data.with_name(f".{data.name}.tmp")
+    check_split(catalog, definition, split)
+    if memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit):
+        raise MixtureError(f"memory limit {memory_limit!r} is not a size like 1GB or 512MiB")
+    con = catalog.con
+    previous = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    try:
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+        relation = con.sql(export_sql(definition, split), params=["" if relative_paths else f"{root.as_posix()}/"])
+        # A relation streams; a DB-API result would be copied whole first. DuckDB 2 calls the
+        # reader to_arrow_reader, older versions fetch_arrow_reader.
+        reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader)(64 * ROW_GROUP)
+        counts = (_write_parquet if format == "parquet" else _write_jsonl)(reader, tmp)
+        os.replace(tmp, data)
+    finally:
+        tmp.unlink(missing_ok=True)
+        con.execute(f"SET memory_limit = '{previous}'")
+    entry = {"file": data.name, "split": split or "all", "rows": sum(counts.values()),
+             "components": dict(sorted(counts.items())), "sha256": _sha256(data)}
+    manifest = {
+        "mixture": definition,
+        "seed": definition["seed"],
+        "vision_mode": catalog.vision_mode,
+        "catalog": str(root),
+        "catalog_state": catalog_state(catalog),
+        "image_root": str(root),
+        "relative_paths": relative_paths,
+        "format": format,
+        "columns": SCHEMA.names,
+        "row_group_size": ROW_GROUP if format == "parquet" else None,
+    }
+    manifest["exports"] = _earlier_exports(out / "manifest.json", manifest) | {entry["split"]: entry}
+    exports = [manifest["exports"][k] for k in sorted(manifest["exports"])]
+    manifest["files"] = [e["file"] for e in exports]
+    manifest["rows"] = sum(e["rows"] for e in exports)
+    manifest["components"] = {c["name"]: 0 for c in definition["components"]}
+    for e in exports:
+        for component, n in e["components"].items():
+            manifest["components"][component] = manifest["components"].get(component, 0) + n
+    _write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _earlier_exports(path: Path, manifest: dict) -> dict:
+    """Other splits exported into the same folder from the same definition and catalog state:
+    kept in the manifest, so that train and val can live side by side. Anything else is dropped."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = ("mixture", "vision_mode", "catalog", "catalog_state", "relative_paths", "format", "columns")
+    if any(old.get(k) != manifest[k] for k in same) or not isinstance(old.get("exports"), dict):
+        return {}
+    return {k: e for k, e in old["exports"].items() if (path.parent / e.get("file", "")).is_file()}
+
+
+def _batches(reader: pa.RecordBatchReader):
+    """The stream cast to SCHEMA, re-cut so that every batch but the last is a multiple of
+    ROW_GROUP rows: row groups then fall on the same rows however DuckDB chunked its output."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= 64 * ROW_GROUP:
+            table = pa.Table.from_batches(pending).cast(SCHEMA)
+            cut = rows - rows % ROW_GROUP
+            yield table.slice(0, cut)
+            pending = table.slice(cut).to_batches()
+            rows -= cut
+    if pending:
+        yield pa.Table.from_batches(pending).cast(SCHEMA)
+
+
+def _count(counts: dict, table: pa.Table) -> None:
+    for value in table.column("component").value_counts().to_pylist():
+        counts[value["values"]] = counts.get(value["values"], 0) + value["counts"]
+
+
+def _write_parquet(reader: pa.RecordBatchReader, path: Path) -> dict:
+    counts: dict[str, int] = {}
+    # Statistics only on the numeric keys: min/max of position per row group is what finds a
+    # row; statistics of long text columns would bloat the footer of thousands of row groups.
+    with pq.ParquetWriter(path, SCHEMA, compression="zstd",
+                          write_statistics=["position", "sample_id", "repeat"]) as writer:
+        for table in _batches(reader):
+            writer.write_table(table, row_group_size=ROW_GROUP)
+            _count(counts, table)
+    return counts
+
+
+def _write_jsonl(reader: pa.RecordBatchReader, path: Path) -> dict:
+    counts: dict[str, int] = {}
+    order = list(JSONL_FIRST) + [c for c in SCHEMA.names if c not in JSONL_FIRST]
+    with open(path, "w", encoding="utf-8") as f:
+        for table in _batches(reader):
+            columns = [table.column(c).to_pylist() for c in order]
+            f.writelines(json.dumps(dict(zip(order, values)), ensure_ascii=False) + "\n" for values in zip(*columns))
+            _count(counts, table)
+    return counts
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
