@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench browser
 
 setup: $(VENV)/.installed
 
@@ -18,8 +18,16 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH bash scripts/demo.sh
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The report's test opens the HTML in headless Chromium: Debian's package, installed where missing.
+# Without apt (or rights to use it) the message says so and that one test is skipped.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  ( $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium ) || \
+	  echo "could not install chromium: tests/test_report.py's browser test will be skipped"
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
