@@ -29,8 +29,6 @@ def draw_histogram(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str,
                    edges: list[float], counts: list[int]) -> None:
     """One panel at (x0, y0): bars, axes, the range below and the largest count on the left."""
     small, big = _font(12), _font(14)
-    if len(counts) == 1:
-        title += f" = {_label(edges[0])} for all"
     draw.text((x0 + MARGIN_L, y0 + 8), f"{title}  (n={sum(counts):,})", fill=TEXT, font=big)
     left, top = x0 + MARGIN_L, y0 + MARGIN_T
     right, bottom = x0 + PANEL_W - MARGIN_R, y0 + PANEL_H - MARGIN_B
@@ -48,15 +46,17 @@ def draw_histogram(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str,
 
 
 def source_histograms_png(catalog: Catalog, source: str, bins: int = 30) -> bytes:
-    """PNG bytes with one histogram per measure of MEASURES that the source has values for."""
+    """PNG bytes: one histogram per measure of MEASURES with values; constant ones as a line of text."""
     panels = [(name, *histogram(catalog, source, name, bins)) for name in MEASURES]
-    panels = [p for p in panels if p[1]]
-    rows = max(1, -(-len(panels) // COLUMNS))
-    img = Image.new("RGB", (PANEL_W * COLUMNS, PANEL_H * rows + 36), "white")
+    constant = [f"{name} = {_label(edges[0])}" for name, edges, counts in panels if len(counts) == 1]
+    panels = [p for p in panels if len(p[2]) > 1]  # a one-bar histogram says less than its value
+    rows = -(-len(panels) // COLUMNS)
+    img = Image.new("RGB", (PANEL_W * COLUMNS, PANEL_H * rows + 40), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((12, 8), f"{source} ({catalog.vision_mode})", fill=TEXT, font=_font(18))
+    title = f"{source} ({catalog.vision_mode})" + (f"    same for every row: {', '.join(constant)}" if constant else "")
+    draw.text((12, 10), title, fill=TEXT, font=_font(16))
     for i, (name, edges, counts) in enumerate(panels):
-        draw_histogram(draw, (i % COLUMNS) * PANEL_W, 36 + (i // COLUMNS) * PANEL_H, name, edges, counts)
+        draw_histogram(draw, (i % COLUMNS) * PANEL_W, 40 + (i // COLUMNS) * PANEL_H, name, edges, counts)
     buf = io.BytesIO()
     img.save(buf, "PNG", optimize=True)
     return buf.getvalue()

@@ -11,6 +11,7 @@ import base64
 import datetime
 import html
 import io
+import json
 import os
 from html.parser import HTMLParser
 from importlib import resources
@@ -196,15 +197,26 @@ def _card(catalog: Catalog, sid, source, split, key, kind, text, response, messa
     facts = f"{_e(source)}/{_e(split)} · id {sid} · key {_e(key)}"
     if kind == "vision":
         facts += f" · {_e(fmt)} {width}×{height} · {tokens} image tokens"
-    words = [f'<div class="facts">{facts}</div>', '<div class="label">text</div>', f"<pre>{_e(text)}</pre>"]
+    words = [f'<div class="facts">{facts}</div>']
+    if messages is not None:  # a text row: its conversation says all that text/response repeat
+        words.append(f'<div class="label">conversation</div><pre>{_e(_conversation(messages))}</pre>')
+        return f'<div class="card"><div class="words">{"".join(words)}</div></div>'
+    words += ['<div class="label">text</div>', f"<pre>{_e(text)}</pre>"]
     if response is not None:
         words.append('<div class="label">response</div>')
         rendered = render_table_html(response) if "<table" in response.lower() else None
         words.append(f'<div class="rendered">{rendered}</div><details><summary class="label">source</summary>'
                      f"<pre>{_e(response)}</pre></details>" if rendered else f"<pre>{_e(response)}</pre>")
-    if messages is not None:
-        words.append(f'<div class="label">messages</div><pre>{_e(messages)}</pre>')
     return f'<div class="card">{pic}<div class="words">{"".join(words)}</div></div>'
+
+
+def _conversation(messages: str) -> str:
+    """A conversation as `role: content` turns; anything that is not one stays as its raw JSON."""
+    try:
+        turns = json.loads(messages)
+        return "\n\n".join(f"{t['role']}: {t['content']}" for t in turns)
+    except (ValueError, TypeError, KeyError):
+        return messages
 
 
 def _thumbnail(catalog: Catalog, image_path: str | None) -> tuple[str | None, str | None]:
