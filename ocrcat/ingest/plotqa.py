@@ -59,9 +59,10 @@ def parse_tags(text: str) -> list:
         tokens.append(("text", text[last:m.start()]))
         tokens.append(("open", m[1]) if m[1] else ("close", m[2]) if m[2] else ("sep", ""))
         last = m.end()
+    if re.search(r"<[^>]*$", text[last:]):
+        raise TagError("the text ends inside a tag: it is cut short")
     tokens.append(("text", text[last:]))
-    items, end = _parse_content(tokens, 0, None)
-    return items
+    return _parse_content(tokens, 0, None)[0]
 
 
 def _parse_content(tokens: list[tuple[str, str]], i: int, tag: str | None) -> tuple[list, int]:
