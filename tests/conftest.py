@@ -29,3 +29,35 @@ def sample_mirror_factory(tmp_path_factory):
 @pytest.fixture
 def catalog_dir(tmp_path) -> Path:
     return tmp_path / "catalog"
+
+
+@pytest.fixture(scope="session")
+def add_synthetic_rows():
+    """Return a function (con, source, rows) that inserts made-up rows into `samples` with SQL.
+
+    Fast and image-free: for mixture tests that need sources, sizes or splits no sample mirror has.
+    Sample ids are MD5 of (source, i); splits cycle train×8, val, test.
+    """
+
+    def add(con, source: str, rows: int, offset: int = 0) -> None:
+        text = source == "smoltalk"
+        con.execute(
+            """
+            INSERT INTO samples
+            SELECT CAST('0x' || substr(md5(?1 || ':' || i), 1, 16) AS UBIGINT), ?1,
+                   ['train', 'train', 'train', 'train', 'train', 'train', 'train', 'train', 'val', 'test'][i % 10 + 1],
+                   'synthetic-' || i, CASE WHEN ?2 THEN 'text' ELSE 'vision' END,
+                   CASE WHEN ?2 THEN 'user: question ' || i ELSE '<image>\nQuestion: what is ' || i || '?' END,
+                   CASE WHEN ?1 IN ('docbank', 'olmocr') THEN NULL ELSE 'answer ' || i END,
+                   CASE WHEN ?2 THEN json_array(json_object('role', 'user', 'content', 'question ' || i),
+                                                json_object('role', 'assistant', 'content', 'answer ' || i)) END,
+                   CASE WHEN ?2 THEN NULL ELSE 'images/' || ?1 || '/' || substr(md5(?1 || i), 1, 2) || '/'
+                                                 || md5(?1 || i) || '.png' END,
+                   CASE WHEN ?2 THEN NULL ELSE md5(?1 || i) END, CASE WHEN ?2 THEN NULL ELSE 'png' END,
+                   640, 480, 1000, CASE WHEN ?2 THEN 0 ELSE 273 END, json_object('i', i), 0
+            FROM range(?3, ?3 + ?4) t(i)
+            """,
+            [source, text, offset, rows],
+        )
+
+    return add

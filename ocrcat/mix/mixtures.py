@@ -117,18 +117,16 @@ def normalise(name: str, components, text_share: float = 0.0, seed: int = 0,
 
 
 def _predicate_rows(con: duckdb.DuckDBPyConnection, predicate: str, where: str) -> int:
-    """Rows of `samples` a predicate matches; refuses anything but one plain expression."""
-    query = f"SELECT count(*) FROM samples WHERE ({predicate})"
+    """Rows of `samples` a predicate matches. It must parse as one SQL expression on its own, so
+    that it cannot close the WHERE clause it is pasted into (no `) UNION …`, no `; DROP …`)."""
     try:
-        statements = con.extract_statements(query)
-        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-            raise MixtureError(f"{where}: the predicate must be one SQL expression over samples, got {predicate!r}")
-        return con.execute(query).fetchone()[0]
+        duckdb.SQLExpression(predicate)
+        return con.execute(f"SELECT count(*) FROM samples WHERE ({predicate}\n)").fetchone()[0]
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise MixtureError(
             f"{where}: predicate {predicate!r} is not a valid filter over samples ({first}); "
-            "columns: see `ocrcat sql \"DESCRIBE samples\"`"
+            "give one SQL expression, e.g. \"source = 'chartqa'\"; columns: `ocrcat sql \"DESCRIBE samples\"`"
         ) from None
 
 
@@ -172,7 +170,7 @@ def plan_sql(definition: dict, split: str | None = None) -> str:
     in_split = f" AND split = {_quote(split)}" if split else ""
     comps = _components(definition)
     matches = "\n      UNION ALL ".join(
-        f"SELECT {_quote(name)} AS component, sample_id FROM samples WHERE ({predicate}){in_split}"
+        f"SELECT {_quote(name)} AS component, sample_id FROM samples WHERE ({predicate}\n){in_split}"
         for name, predicate, _ in comps
     )
     weighted = ", ".join(f"({_quote(n)}, CAST({_quote(repr(w))} AS DOUBLE))" for n, _, w in comps if w is not None)
@@ -235,7 +233,7 @@ def check_split(catalog: Catalog, definition: dict, split: str | None) -> None:
     if split is None or not definition["text_share"]:
         return
     predicate = definition["text_predicate"] or DEFAULT_TEXT_PREDICATE
-    n = catalog.con.execute(f"SELECT count(*) FROM samples WHERE ({predicate}) AND split = ?", [split]).fetchone()[0]
+    n = catalog.con.execute(f"SELECT count(*) FROM samples WHERE ({predicate}\n) AND split = ?", [split]).fetchone()[0]
     if n == 0:
         raise MixtureError(f"mixture {definition['name']} wants a {definition['text_share']:.0%} text share but "
                            f"split {split} has no rows matching {predicate!r}; use another split or ingest them")
@@ -418,7 +416,7 @@ def describe_mixture(catalog: Catalog, name: str, split: str | None = None) -> d
     comps = _components(definition)
     plan = plan_sql(definition, split)  # checks the split
     in_split = f" AND split = {_quote(split)}" if split else ""
-    rows = {n: con.execute(f"SELECT count(*) FROM samples WHERE ({p}){in_split}").fetchone()[0] for n, p, _ in comps}
+    rows = {n: con.execute(f"SELECT count(*) FROM samples WHERE ({p}\n){in_split}").fetchone()[0] for n, p, _ in comps}
     realised = dict(con.execute(f"SELECT component, count(*) FROM ({plan}) GROUP BY 1").fetchall())
     promised = promised_counts(definition, rows)
     total = sum(realised.values())
