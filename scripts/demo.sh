@@ -8,6 +8,9 @@ set -x
 ocrcat sample-mirror "$DEMO/mirror" --rows 60
 ocrcat ingest all --mirror "$DEMO/mirror" --workers 2
 ocrcat sources
-ocrcat stats
+ocrcat stats --tokenizer byte --plot "$DEMO/plots"  # + one PNG of histograms per source
 ocrcat sql "SELECT source, split, text, response, image_tokens FROM samples USING SAMPLE 5 ROWS (reservoir, 7)"
 ocrcat sql "SELECT source, count(*) AS rows, count(DISTINCT image_sha256) AS images FROM samples GROUP BY 1 ORDER BY 1" --csv
+ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
+ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
+ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser
