@@ -1,0 +1,196 @@
+"""Export: the plan in order with the agreed columns, read back by datasets and DuckDB, byte-identical
+twice, JSONL in the index format, splits side by side, and a manifest that says what was exported."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ocrcat.catalog import Catalog
+from ocrcat.ingest.runner import ingest
+from ocrcat.mix.export import ROW_GROUP, export_mixture
+from ocrcat.mix.mixtures import MixtureError, create_mixture, describe_mixture
+
+AGREED = [  # the schema the training path reads (ocrcat.mix.dataset)
+    ("position", pa.int64()), ("sample_id", pa.uint64()), ("component", pa.string()), ("repeat", pa.int32()),
+    ("source", pa.string()), ("split", pa.string()), ("kind", pa.string()), ("text", pa.string()),
+    ("response", pa.string()), ("messages", pa.string()), ("image_path", pa.string()),
+    ("image_width", pa.int32()), ("image_height", pa.int32()), ("image_tokens", pa.int32()), ("meta", pa.string()),
+]
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory, sample_mirror_factory):
+    """Two ingested sources with real image files, plus made-up docbank and smoltalk rows."""
+    path = tmp_path_factory.mktemp("export") / "catalog"
+    with Catalog(path) as cat:
+        for source in ("chartqa", "mathwriting"):
+            ingest(cat, source, mirror=sample_mirror_factory(source))
+        # made-up rows (as conftest's add_synthetic_rows, which is function-scoped to tests)
+        cat.con.execute("""
+            INSERT INTO samples (sample_id, source, split, source_key, kind, text, response, messages, image_path,
+                                 image_width, image_height, image_tokens, meta, ingest_run)
+            SELECT CAST('0x' || substr(md5(src || ':' || i), 1, 16) AS UBIGINT), src,
+                   ['train', 'train', 'train', 'val'][i % 4 + 1], 'k' || i, kind,
+                   CASE WHEN kind = 'text' THEN 'user: q' || i ELSE '<image>\n' END, NULL,
+                   CASE WHEN kind = 'text' THEN json_array(json_object('role', 'user', 'content', 'q' || i),
+                                                           json_object('role', 'assistant', 'content', 'a' || i)) END,
+                   CASE WHEN kind = 'vision' THEN 'images/docbank/00/' || i || '.jpg' END,
+                   100, 100, 273, json_object('n', i), 0
+            FROM (VALUES ('docbank', 'vision', 3000), ('smoltalk', 'text', 120)) s(src, kind, n), range(n) t(i)
+        """)
+        create_mixture(cat, "m", [("charts", "source = 'chartqa'", 1.5), ("hand", "source = 'mathwriting'", 2),
+                                  ("docs", "source = 'docbank'", 1)], text_share=0.1, seed=3)
+    return path
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_parquet_export_is_the_plan_in_order(catalog, tmp_path):
+    out = tmp_path / "out"
+    with Catalog(catalog, read_only=True) as cat:
+        manifest = export_mixture(cat, "m", out)
+        view = cat.con.execute("SELECT position, sample_id, component, repeat, source, kind FROM mix_m").fetchall()
+        total = describe_mixture(cat, "m")["total"]
+    data = out / "m.all.parquet"
+    schema = pq.read_schema(data)
+    assert [(f.name, f.type) for f in schema][:len(AGREED)] == AGREED
+    meta = pq.ParquetFile(data).metadata
+    groups = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    assert len(view) == total > 2 * ROW_GROUP and all(n == ROW_GROUP for n in groups[:-1]) and sum(groups) == total
+
+    table = pq.read_table(data)
+    key = ["position", "sample_id", "component", "repeat", "source", "kind"]
+    assert list(zip(*(table.column(c).to_pylist() for c in key))) == view
+    from_duckdb = duckdb.sql(f"SELECT {', '.join(key)} FROM read_parquet('{data}')").fetchall()
+    assert from_duckdb == view
+
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(data), split="train", cache_dir=str(tmp_path / "hf"))
+    assert list(zip(*(ds[c] for c in key))) == view
+
+    rows = table.to_pylist()
+    for row in rows:
+        if row["kind"] == "text":
+            assert row["image_path"] is None and json.loads(row["messages"])[0]["role"] == "user"
+        else:
+            assert row["text"].startswith("<image>\n") and Path(row["image_path"]).is_absolute()
+            if row["source"] != "docbank":  # made-up docbank rows have no files
+                assert Path(row["image_path"]).is_file()
+    assert manifest["rows"] == total and manifest["files"] == ["m.all.parquet"]
+    assert manifest["components"] == {c: sum(r["component"] == c for r in rows) for c in ("charts", "hand", "docs", "text")}
+    assert manifest["mixture"]["components"][0] == {"name": "charts", "predicate": "source = 'chartqa'", "weight": 1.5}
+    assert manifest["seed"] == 3 and manifest["vision_mode"] == "gundam" and manifest["relative_paths"] is False
+    assert manifest["catalog"] == manifest["image_root"] == str(catalog.resolve())
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["exports"]["all"]["sha256"] == _sha(data)
+
+
+def test_catalog_state_counts_and_checksums_the_samples(catalog, tmp_path):
+    with Catalog(catalog, read_only=True) as cat:
+        manifest = export_mixture(cat, "m", tmp_path / "a")
+        rows = cat.con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    assert manifest["catalog_state"]["samples"] == rows
+    assert len(manifest["catalog_state"]["sample_ids_checksum"]) == 32
+
+
+def test_exporting_twice_gives_identical_bytes_at_any_thread_count(catalog, tmp_path):
+    digests = []
+    with Catalog(catalog, read_only=True) as cat:
+        for i, threads in enumerate((4, 1, 2)):
+            cat.con.execute(f"SET threads = {threads}")
+            export_mixture(cat, "m", tmp_path / str(i), split="train")
+            digests.append(_sha(tmp_path / str(i) / "m.train.parquet"))
+            export_mixture(cat, "m", tmp_path / f"j{i}", format="jsonl")
+            digests.append(_sha(tmp_path / f"j{i}" / "m.all.jsonl"))
+    assert digests[0] == digests[2] == digests[4] and digests[1] == digests[3] == digests[5]
+    again = json.loads((tmp_path / "0" / "manifest.json").read_text())
+    assert again == json.loads((tmp_path / "1" / "manifest.json").read_text())  # no timestamps either
+
+
+def test_jsonl_is_the_index_format_with_the_same_rows(catalog, tmp_path):
+    with Catalog(catalog, read_only=True) as cat:
+        export_mixture(cat, "m", tmp_path, format="jsonl")
+        export_mixture(cat, "m", tmp_path / "p")
+    lines = [json.loads(line) for line in (tmp_path / "m.all.jsonl").read_text().splitlines()]
+    assert all(list(line)[:3] == ["text", "response", "image_path"] for line in lines)
+    rows = pq.read_table(tmp_path / "p" / "m.all.parquet").to_pylist()
+    assert len(lines) == len(rows) and all(line == row for line, row in zip(lines, rows))  # dicts: order-free
+
+
+def test_relative_paths_resolve_against_the_image_root(catalog, tmp_path):
+    with Catalog(catalog, read_only=True) as cat:
+        manifest = export_mixture(cat, "m", tmp_path, relative_paths=True)
+    rows = pq.read_table(tmp_path / "m.all.parquet", columns=["source", "image_path"]).to_pylist()
+    charts = [r["image_path"] for r in rows if r["source"] == "chartqa"]
+    assert charts and all(not Path(p).is_absolute() and (Path(manifest["image_root"]) / p).is_file() for p in charts)
+    assert manifest["relative_paths"] is True
+
+
+def test_splits_side_by_side(catalog, tmp_path):
+    with Catalog(catalog, read_only=True) as cat:
+        export_mixture(cat, "m", tmp_path, split="train")
+        manifest = export_mixture(cat, "m", tmp_path, split="val")
+        expected = {s: describe_mixture(cat, "m", split=s)["total"] for s in ("train", "val")}
+    assert manifest["files"] == ["m.train.parquet", "m.val.parquet"]
+    assert manifest["rows"] == sum(expected.values())
+    for split, n in expected.items():
+        table = pq.read_table(tmp_path / f"m.{split}.parquet", columns=["position", "split"])
+        assert table.column("position").to_pylist() == list(range(n))
+        assert set(table.column("split").to_pylist()) == {split}
+    # a different definition in the same folder starts a fresh manifest
+    with Catalog(catalog) as cat:
+        create_mixture(cat, "m", [("docs", "source = 'docbank'", 1)], replace=True)
+        manifest = export_mixture(cat, "m", tmp_path, split="val")
+        create_mixture(cat, "m", [("charts", "source = 'chartqa'", 1.5), ("hand", "source = 'mathwriting'", 2),
+                                  ("docs", "source = 'docbank'", 1)], text_share=0.1, seed=3, replace=True)
+    assert manifest["files"] == ["m.val.parquet"]
+
+
+def test_the_training_dataset_reads_the_export(catalog, tmp_path):
+    from ocrcat.mix import MixtureDataset
+
+    with Catalog(catalog, read_only=True) as cat:
+        manifest = export_mixture(cat, "m", tmp_path, split="train")
+    ds = MixtureDataset(tmp_path, split="train", tokenizer="byte")
+    assert len(ds) == manifest["rows"]
+    assert [ds.row(i)["position"] for i in (0, 1, len(ds) - 1)] == [0, 1, len(ds) - 1]
+
+
+def test_row_groups_fall_on_the_same_rows_however_the_stream_is_chunked():
+    from ocrcat.mix.export import SCHEMA, _batches
+
+    n = 200_000
+    table = pa.table({f.name: pa.array(range(n), f.type) if pa.types.is_integer(f.type) else pa.nulls(n, f.type)
+                      for f in SCHEMA})
+    cuts = []
+    for sizes in ([n], [7, 70_000, 1, 129_992], [65_537] * 3 + [3_389]):
+        offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        reader = pa.RecordBatchReader.from_batches(SCHEMA, [table.slice(o, k).to_batches()[0]
+                                                            for o, k in zip(offsets, sizes)])
+        pieces = [t.num_rows for t in _batches(reader)]
+        assert sum(pieces) == n and all(p % ROW_GROUP == 0 for p in pieces[:-1])
+        cuts.append(pieces)
+    assert len(cuts[0]) > 1  # a long stream is written in pieces, not held whole
+
+
+def test_export_refuses_what_it_cannot_do(catalog, tmp_path):
+    with Catalog(catalog, read_only=True) as cat:
+        with pytest.raises(MixtureError, match="format"):
+            export_mixture(cat, "m", tmp_path, format="csv")
+        with pytest.raises(MixtureError, match="no mixture 'zzz'"):
+            export_mixture(cat, "zzz", tmp_path)
+        with pytest.raises(MixtureError, match="unknown split"):
+            export_mixture(cat, "m", tmp_path, split="dev")
+        with pytest.raises(MixtureError, match="text share but split test has no rows"):
+            export_mixture(cat, "m", tmp_path, split="test")
+    assert list(tmp_path.iterdir()) == []
