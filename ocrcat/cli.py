@@ -349,8 +349,11 @@ def validate(
         if failed:
             for name in sorted({r.check for r in failed}):
                 console.print(f"{name}: {CHECKS[name]}")
-        console.print(f"{len(failed)} of {len(results)} checks failed" if failed
-                      else f"all {len(results)} checks passed" + ("" if deep else " (add --deep to decode every image)"))
+        if not results:
+            console.print(f"nothing to check: {cat.dir} holds no rows and no mixtures (ingest something first)")
+        else:
+            console.print(f"{len(failed)} of {len(results)} checks failed" if failed else
+                          f"all {len(results)} checks passed" + ("" if deep else " (add --deep to decode every image)"))
     if failed:
         raise typer.Exit(1)
 

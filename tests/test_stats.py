@@ -100,3 +100,5 @@ def test_cli_stats_json_tokenizer_and_plots(catalog, tmp_path):
 
     bad = CliRunner().invoke(app, ["stats", "--tokenizer", str(tmp_path / "nope"), "--catalog", str(catalog)])
     assert bad.exit_code == 2 and "no tokenizer" in bad.output
+    unknown = CliRunner().invoke(app, ["stats", "--source", "docbank", "--catalog", str(catalog)])
+    assert unknown.exit_code == 2 and "no rows of docbank" in unknown.output

@@ -96,11 +96,13 @@ def test_planted_faults_are_reported_with_their_sample_ids(catalog):
 def test_sample_id_and_path_escape_are_caught(catalog):
     (catalog.parent / "outside.png").write_bytes(b"not inside the catalog")
     with Catalog(catalog) as cat:
-        a, b = [r[0] for r in cat.con.execute(
-            "SELECT sample_id FROM samples WHERE source = 'chartqa' ORDER BY sample_id LIMIT 2").fetchall()]
+        a, b, c = [r[0] for r in cat.con.execute(
+            "SELECT sample_id FROM samples WHERE source = 'chartqa' ORDER BY sample_id LIMIT 3").fetchall()]
         cat.con.execute("UPDATE samples SET source_key = source_key || '-edited' WHERE sample_id = ?", [a])
         cat.con.execute("UPDATE samples SET image_path = '../outside.png' WHERE sample_id = ?", [b])
+        cat.con.execute("UPDATE samples SET text = text || ' <image>' WHERE sample_id = ?", [c])
         found = by_check(validate(cat, sources=["chartqa"]))
+    assert found[("chartqa", "image_prefix")].examples == [c]  # a second placeholder with no image
     assert found[("chartqa", "sample_id")].examples == [a]
     assert found[("chartqa", "image_path")].examples == [b]
     assert "not a relative path inside the catalog" in found[("chartqa", "image_path")].note

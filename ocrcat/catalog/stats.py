@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ocrcat.catalog.store import Catalog
+from ocrcat.catalog.store import Catalog, CatalogError
 
 
 def catalog_stats(catalog: Catalog) -> dict:
@@ -65,6 +65,11 @@ def source_stats(catalog: Catalog, sources: list[str] | None = None, tokenizer=N
     image_tokens) and of the response, and the total tokens a pass over the group costs.
     """
     con = catalog.con.cursor()  # its own connection: the table it registers stays private to this call
+    if sources:
+        present = {s for (s,) in con.execute("SELECT DISTINCT source FROM samples").fetchall()}
+        if set(sources) - present:
+            raise CatalogError(f"no rows of {', '.join(sorted(set(sources) - present))} in {catalog.dir}; "
+                               f"sources in the catalog: {', '.join(sorted(present)) or 'none'}")
     measures = dict(MEASURES)
     if tokenizer is not None:
         con.register("text_token_counts", _token_counts(con, sources, tokenizer))
