@@ -161,16 +161,17 @@ def _mixtures(catalog: Catalog) -> str:
 
 
 def _gallery(catalog: Catalog, seed: int, per_source: int) -> str:
-    # hash(sample_id, seed) orders each source's rows in a seeded way without touching all images.
+    # An MD5 of (seed, sample_id) orders each source's rows: the same draw for a seed on every
+    # machine and DuckDB version (DuckDB's hash() may change between versions).
     rows = catalog.con.execute(
         """
         SELECT sample_id, source, split, source_key, kind, text, response, messages, image_path,
                image_width, image_height, image_tokens, image_format
-        FROM samples
-        QUALIFY row_number() OVER (PARTITION BY source ORDER BY hash(sample_id, ?::BIGINT), sample_id) <= ?
-        ORDER BY source, hash(sample_id, ?::BIGINT), sample_id
+        FROM (SELECT *, md5(CAST(?::BIGINT AS VARCHAR) || ':' || CAST(sample_id AS VARCHAR)) AS draw FROM samples)
+        QUALIFY row_number() OVER (PARTITION BY source ORDER BY draw, sample_id) <= ?
+        ORDER BY source, draw, sample_id
         """,
-        [seed, per_source, seed],
+        [seed, per_source],
     ).fetchall()
     parts = ['<h2 id="gallery">Gallery</h2><p><input id="filter" type="search" '
              'placeholder="filter samples by any text"></p>']
