@@ -102,7 +102,7 @@ def _sql_check(con, sources: list[str], check: str, population: str, failure: st
         rows = con.execute(
             f"""
             SELECT source, count(*) AS checked, count(*) FILTER (WHERE failed) AS failed,
-                   list(sample_id ORDER BY sample_id) FILTER (WHERE failed) AS ids,
+                   (list(sample_id ORDER BY sample_id) FILTER (WHERE failed))[1:{MAX_EXAMPLES}] AS ids,
                    min(reason) FILTER (WHERE failed) AS reason
             FROM (SELECT source, sample_id, coalesce(({failure}), true) AS failed,
                          {'bad.reason' if bad is not None else 'NULL'} AS reason
@@ -115,7 +115,7 @@ def _sql_check(con, sources: list[str], check: str, population: str, failure: st
     finally:
         if bad is not None:
             con.unregister("bad")
-    return [CheckResult(src, check, checked, failed, list(ids or [])[:MAX_EXAMPLES], reason or "")
+    return [CheckResult(src, check, checked, failed, list(ids or []), reason or "")
             for src, checked, failed, ids, reason in rows]
 
 
