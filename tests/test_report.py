@@ -273,6 +273,9 @@ def test_show_prints_the_row_and_writes_a_quick_look(catalog, tmp_path):
     facts = json.loads(out.output)
     assert facts["sample_id"] == sid and facts["image"]["tokens_by_rule"] == tokens == facts["counts"]["image_tokens"]
     assert facts["counts"]["text_tokens"] == len(facts["text"].replace("<image>", "").encode())
+    # <|bos|>, the prompt with the image's tokens, "\n" + response, <|assistant_end|>: one token per byte.
+    counts = facts["counts"]
+    assert counts["sequence_tokens"] == 1 + tokens + counts["text_tokens"] + 1 + counts["response_tokens"] + 1
     image, text = (tmp_path / "look" / f"{sid}.png"), (tmp_path / "look" / f"{sid}.txt")
     assert image.read_bytes() == (catalog / path).read_bytes()
     assert facts["response"] in text.read_text()

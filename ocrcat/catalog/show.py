@@ -41,19 +41,33 @@ def sample_facts(catalog: Catalog, sid: int, tokenizer=None) -> dict:
     if tokenizer is not None:
         counts["text_tokens"] = len(tokenizer.encode(facts["text"].replace("<image>", "")))
         counts["response_tokens"] = len(tokenizer.encode(facts["response"])) if facts["response"] else 0
+        counts["sequence_tokens"] = _sequence_tokens(tokenizer, facts)
     if facts["image_path"]:
-        problem = path_problem(os.fspath(catalog.dir), facts["image_path"])
         w, h = facts["image_width"], facts["image_height"]
+        sized = bool(w and h and w > 0 and h > 0)
         facts["image"] = {
             "file": os.fspath((catalog.dir / facts["image_path"]).absolute()),
-            "problem": problem,
-            "grid": list(vision.choose_grid(w, h, catalog.vision_mode)),
-            "tokens_by_rule": catalog.count_image_tokens(w, h),
+            "problem": path_problem(os.fspath(catalog.dir), facts["image_path"]),
+            "grid": list(vision.choose_grid(w, h, catalog.vision_mode)) if sized else None,
+            "tokens_by_rule": catalog.count_image_tokens(w, h) if sized else None,
             "vision_mode": catalog.vision_mode,
         }
         counts["image_tokens"] = facts["image_tokens"]
     facts["counts"] = counts
     return facts
+
+
+def _sequence_tokens(tokenizer, facts: dict) -> int | str | None:
+    """Length of the rendered training sequence (SPEC §5), where the tokenizer can render one."""
+    try:
+        if facts["messages"] is not None and hasattr(tokenizer, "render_conversation"):
+            return len(tokenizer.render_conversation(facts["messages"]))
+        if facts["image_tokens"] is not None and hasattr(tokenizer, "render_vision_pretraining"):
+            ids, _ = tokenizer.render_vision_pretraining(facts["text"], facts["response"], [facts["image_tokens"]])
+            return len(ids)
+    except (ValueError, KeyError, TypeError) as exc:  # a malformed row: say why instead of a count
+        return f"cannot render: {exc}"
+    return None
 
 
 def write_quick_look(facts: dict, out_dir: Path) -> list[Path]:
