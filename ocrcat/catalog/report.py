@@ -29,12 +29,11 @@ THUMB = (260, 260)
 SHOWN_QUANTILES = ("p50", "p90", "max")
 
 
-def build_report(catalog: Catalog, out: Path, *, seed: int = 0, per_source: int = 6,
-                 tokenizer=None, check: bool = True) -> Path:
+def build_report(catalog: Catalog, out: Path, *, seed: int = 0, per_source: int = 6, tokenizer=None) -> Path:
     """Write the report to `out` (atomically) and return it; `seed` picks the gallery's samples."""
     sections = [
         _overview(catalog, seed, per_source),
-        _validation(catalog) if check else "",
+        _validation(catalog),
         _statistics(catalog, tokenizer),
         _mixtures(catalog),
         _gallery(catalog, seed, per_source),
@@ -43,8 +42,11 @@ def build_report(catalog: Catalog, out: Path, *, seed: int = 0, per_source: int 
     page = template.substitute(title=html.escape(f"ocrcat report: {catalog.dir}"), body="\n".join(sections))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)  # a rerun never leaves a half-written report behind
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, out)  # readers (and an interrupted run) never see a half-written report
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
