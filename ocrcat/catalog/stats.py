@@ -78,7 +78,7 @@ def source_stats(catalog: Catalog, sources: list[str] | None = None, tokenizer=N
         f"quantile_disc({expr}, {list(QUANTILES.values())}) AS {name}" for name, expr in measures.items()
     )
     join = "LEFT JOIN text_token_counts t USING (sample_id)" if tokenizer is not None else ""
-    total = ("sum(image_tokens) + sum(t.text_tokens) + sum(t.response_tokens)" if tokenizer is not None
+    total = ("coalesce(sum(image_tokens), 0) + sum(t.text_tokens) + sum(t.response_tokens)" if tokenizer is not None
              else "NULL")
     try:
         result = con.execute(
@@ -108,7 +108,8 @@ def source_stats(catalog: Catalog, sources: list[str] | None = None, tokenizer=N
 
 
 def _token_counts(con, sources: list[str] | None, tokenizer):
-    """Arrow table (sample_id, text_tokens, response_tokens); holds three integers per row, no text."""
+    """Arrow table (sample_id, text_tokens, response_tokens): 24 bytes per row, no text kept."""
+    import numpy as np
     import pyarrow as pa
 
     ids, text_tokens, response_tokens = [], [], []
@@ -118,14 +119,18 @@ def _token_counts(con, sources: list[str] | None, tokenizer):
             "SELECT sample_id, replace(text, '<image>', ''), response FROM samples "
             "WHERE ? IS NULL OR list_contains(?, source)", [sources, sources])
         while batch := cursor.fetchmany(TOKEN_BATCH):
-            for sid, text, response in batch:
-                ids.append(sid)
-                text_tokens.append(len(tokenizer.encode(text)))
-                response_tokens.append(len(tokenizer.encode(response)) if response is not None else 0)
+            ids.append(np.array([sid for sid, _, _ in batch], np.uint64))
+            text_tokens.append(np.array([len(tokenizer.encode(t)) for _, t, _ in batch], np.int64))
+            response_tokens.append(np.array([len(tokenizer.encode(r)) if r is not None else 0 for _, _, r in batch],
+                                            np.int64))
     finally:
         cursor.close()
-    return pa.table({"sample_id": pa.array(ids, pa.uint64()), "text_tokens": pa.array(text_tokens, pa.int64()),
-                     "response_tokens": pa.array(response_tokens, pa.int64())})
+
+    def column(parts: list, dtype) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+    return pa.table({"sample_id": column(ids, np.uint64), "text_tokens": column(text_tokens, np.int64),
+                     "response_tokens": column(response_tokens, np.int64)})
 
 
 def histogram(catalog: Catalog, source: str, measure: str, bins: int = 30) -> tuple[list[float], list[int]]:
