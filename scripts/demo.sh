@@ -11,6 +11,12 @@ ocrcat sources
 ocrcat stats --tokenizer byte --plot "$DEMO/plots"  # + one PNG of histograms per source
 ocrcat sql "SELECT source, split, text, response, image_tokens FROM samples USING SAMPLE 5 ROWS (reservoir, 7)"
 ocrcat sql "SELECT source, count(*) AS rows, count(DISTINCT image_sha256) AS images FROM samples GROUP BY 1 ORDER BY 1" --csv
+# Document sources: a two-column DocBank page read left column first, a PubTables HTML with spans,
+# upright olmOCR renders of sideways scans, and the broken PDFs reported as errors.
+ocrcat sql "SELECT source_key, left(text, 300) AS transcript FROM samples WHERE source = 'docbank' AND meta->>'columns' = '2' LIMIT 1"
+ocrcat sql "SELECT source_key, response AS html FROM samples WHERE source = 'pubtables' AND response LIKE '%rowspan%' LIMIT 1"
+ocrcat sql "SELECT source_key, image_width, image_height, meta->>'rotated' AS turned FROM samples WHERE source = 'olmocr' AND meta->>'rotated' <> '0'"
+ocrcat sql "SELECT source, source_key, stage, message FROM ingest_errors WHERE source IN ('docbank', 'olmocr', 'pubtables')"
 ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
 ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
 ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser

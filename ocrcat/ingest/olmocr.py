@@ -198,7 +198,7 @@ def render_page(data: bytes, dpi: int, max_side: int, rotation: int = 0) -> tupl
     try:
         doc = pymupdf.open(stream=data, filetype="pdf")
     except Exception as exc:  # MuPDF raises several types for a file it cannot parse
-        raise ValueError(f"cannot open PDF: {exc}") from None
+        raise ValueError(f"cannot open PDF (damaged or truncated, not repairable): {exc}") from None
     with doc:
         if doc.needs_pass:
             raise ValueError("PDF is encrypted (needs a password)")
