@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -88,8 +89,6 @@ def test_0225_layout_response_json(tmp_path, catalog_dir):
             for line in (REAL / "sample_dataset" / "urls.jsonl").read_text().splitlines() if line.strip()}
     root = tmp_path / "m" / "olmocr"
     (root / "pdf_tarballs").mkdir(parents=True)
-    import tarfile
-
     records = []
     with tarfile.open(root / "pdf_tarballs" / "chunk_0000.tar.gz", "w:gz") as tar:
         for doc_id in sorted(urls):

@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from PIL import Image, ImageDraw
 
 from conftest import REALDATA
@@ -118,3 +119,14 @@ def test_missing_and_broken_members_are_errors(tmp_path, catalog_dir):
     assert errors[names[1]][0] == "read" and "_words.json" in errors[names[1]][1]
     assert errors[names[2]][0] == "parse" and "malformed XML" in errors[names[2]][1]
     assert errors[names[3]][0] == "parse" and "0 table rows" in errors[names[3]][1]
+
+
+def test_staging_never_replaces_a_foreign_folder(tmp_path):
+    root = tmp_path / "pubtables"
+    pubtables.write_sample_mirror(root, 10, seed=0)
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(pubtables.MirrorError, match="not an ocrcat staging folder"):
+        pubtables.plan(root, "train", {"tables_per_shard": 256, "staging": str(foreign)})
+    assert (foreign / "notes.txt").read_text() == "keep me"

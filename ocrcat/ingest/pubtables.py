@@ -113,9 +113,16 @@ def stage(root: Path, staging: Path, per_shard: int) -> dict:
         manifest = json.loads(manifest_path.read_text())
         if manifest["signature"] == signature:
             return manifest
+    if staging.exists() and any(staging.iterdir()) and not manifest_path.exists():
+        raise MirrorError(f"staging folder {staging} exists and is not an ocrcat staging folder; "
+                          "give an empty or new one with -o staging=DIR")
     tmp = staging.with_name(staging.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise MirrorError(f"cannot create the staging folder {tmp} ({exc}); for a read-only mirror "
+                          "pass -o staging=DIR on a disk with room for the unpacked tarballs") from None
     # Pass 1 (annotations only, the smallest tarballs): how many tables, so how many buckets.
     total = sum(1 for _, p in tarballs["annotations"] for m, _ in _members(p) if _table_name(m.name, ".xml"))
     buckets = max(1, math.ceil(total / per_shard))
