@@ -100,7 +100,13 @@ def count_image_tokens(width: int, height: int, mode: str = DEFAULT_MODE) -> int
 
 @dataclass
 class ProcessedImage:
-    """One image cut for the model: uint8 CHW pixels (normalised later, on the device)."""
+    """One image cut for the model: uint8 pixels (normalised later, on the device).
+
+    The tensors have the documented (…, 3, H, W) shapes but channels-last memory (H, W, 3
+    underneath, as PIL decodes): turning HWC into CHW on the CPU costs more than every other copy
+    of the loader together, while on the GPU it is free. They share PIL's read-only buffer: treat
+    them as read-only (the collator copies them into the batch).
+    """
 
     global_view: "torch.Tensor"  # (3, base, base) uint8
     crops: "torch.Tensor"  # (w_tiles * h_tiles, 3, tile, tile) uint8, empty when grid == (1, 1)
@@ -109,7 +115,7 @@ class ProcessedImage:
 
 
 class VisionProcessor:
-    """Turns an image (path or PIL image) into DeepSeek-OCR's global view and local crops.
+    """Turns an image (path, file object or PIL image) into DeepSeek-OCR's global view and local crops.
 
     The grid comes from `choose_grid` and the count from `tokens_for_grid`, the same functions that
     fill the catalog's `image_tokens`, so a row's count and its crops cannot disagree.
@@ -120,7 +126,7 @@ class VisionProcessor:
 
     def __init__(self, mode: str | VisionMode = DEFAULT_MODE):
         self.mode = get_mode(mode)
-        self.pad_color = (127, 127, 127)  # int(0.5 * 255): the mean, so padding normalises to 0
+        self.pad_color = (127, 127, 127)  # int(0.5 * 255): the mean, so padding normalises to ~0
 
     def load(self, image) -> "Image.Image":
         """RGB image after EXIF transpose (a phone photo turned by its EXIF tag is seen upright)."""
@@ -128,8 +134,12 @@ class VisionProcessor:
 
         if not isinstance(image, Image.Image):
             with Image.open(image) as img:
-                return ImageOps.exif_transpose(img).convert("RGB")
-        return ImageOps.exif_transpose(image).convert("RGB")
+                img.load()
+                return self.load(img)
+        # Both calls copy the whole image even when they change nothing: call them only if needed.
+        if image.getexif().get(0x0112, 1) != 1:
+            image = ImageOps.exif_transpose(image)
+        return image if image.mode == "RGB" else image.convert("RGB")
 
     def views(self, image) -> tuple["Image.Image", "Image.Image | None", tuple[int, int]]:
         """The global view, the (640w x 640h) canvas the crops are cut from (or None), the grid."""
@@ -149,19 +159,28 @@ class VisionProcessor:
 
     def __call__(self, image) -> ProcessedImage:
         # torch is imported here, not at the top, so the catalog can use this module without it.
-        import numpy as np
         import torch
 
         global_view, canvas, grid = self.views(image)
-        # np.array copies (PIL hands out read-only buffers torch will not wrap); a few MB, cheap
-        # next to the resize that made them.
-        g = torch.from_numpy(np.array(global_view)).permute(2, 0, 1)
         t = self.mode.tile_size
         if canvas is None:
-            crops = torch.empty((0, 3, t, t), dtype=torch.uint8)
+            crops = torch.empty((0, t, t, 3), dtype=torch.uint8)
         else:
-            # Cut row by row with one reshape: (h, t, w, t, 3) -> (h*w, 3, t, t).
+            # Cut row by row: (h, t, w, t, 3) -> (h, w, t, t, 3), one copy of runs of t pixels.
             w, h = grid
-            arr = torch.from_numpy(np.array(canvas)).view(h, t, w, t, 3)
-            crops = arr.permute(0, 2, 4, 1, 3).reshape(h * w, 3, t, t)
-        return ProcessedImage(g, crops, grid, tokens_for_grid(grid, self.mode))
+            crops = _hwc(canvas).view(h, t, w, t, 3).permute(0, 2, 1, 3, 4).reshape(h * w, t, t, 3)
+        return ProcessedImage(_hwc(global_view).permute(2, 0, 1), crops.permute(0, 3, 1, 2), grid,
+                              tokens_for_grid(grid, self.mode))
+
+
+def _hwc(img) -> "torch.Tensor":
+    """A PIL RGB image as an (H, W, 3) uint8 tensor over PIL's own bytes (no further copy)."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    with warnings.catch_warnings():
+        # PIL's buffer is read-only; torch warns that writing to it would be undefined. We never do.
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(img))

@@ -84,7 +84,7 @@ def test_device_step_normalises_on_the_device(export_dir, dtype):  # noqa: F811
     for name in ("pixel_values", "crop_values"):
         x = getattr(batch, name)
         expected = ((x.float() / 255 - 0.5) / 0.5).to(dtype)
-        assert getattr(moved, name).dtype == dtype
+        assert getattr(moved, name).dtype == dtype and getattr(moved, name).is_contiguous()
         assert torch.equal(getattr(moved, name), expected)
     assert moved.pixel_values.min() >= -1 and moved.pixel_values.max() <= 1
     assert torch.equal(moved.inputs, batch.inputs) and moved.inputs.dtype == torch.long

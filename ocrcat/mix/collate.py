@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
+from torch.utils.data import get_worker_info
 
 from ocrcat.mix.tokenizer import Tokenizer
 
@@ -19,8 +20,8 @@ class Batch:
     inputs: torch.Tensor  # (B, T) long
     targets: torch.Tensor  # (B, T) long, -1 = no loss
     images_seq_mask: torch.Tensor  # (B, T) bool, True where inputs hold the image token
-    pixel_values: torch.Tensor  # (N_img, 3, base, base) uint8 until to(), then normalised
-    crop_values: torch.Tensor  # (N_crops, 3, tile, tile)
+    pixel_values: torch.Tensor  # (N_img, 3, base, base) uint8 (channels-last memory) until to()
+    crop_values: torch.Tensor  # (N_crops, 3, tile, tile), likewise
     images_spatial_crop: torch.Tensor  # (N_img, 2) long: (w_tiles, h_tiles)
     sample_ids: torch.Tensor  # (B,) int64 (the UBIGINT's bits)
     positions: torch.Tensor  # (B,) long: plan positions
@@ -43,9 +44,17 @@ class Batch:
         return float(self.lengths.sum()) / max(1, self.inputs.numel())
 
     def pin_memory(self) -> "Batch":
-        # Called by DataLoader(pin_memory=True) so the copy in to() can be asynchronous.
-        return Batch(**{f.name: (v.pin_memory() if isinstance(v, torch.Tensor) else v)
-                        for f in fields(self) for v in [getattr(self, f.name)]})
+        # Called by DataLoader(pin_memory=True) so the copy in to() can be asynchronous. Pixels
+        # are pinned through their channels-last view, which is contiguous: a plain memcpy.
+        pinned = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("pixel_values", "crop_values"):
+                v = v.permute(0, 2, 3, 1).pin_memory().permute(0, 3, 1, 2)
+            elif isinstance(v, torch.Tensor):
+                v = v.pin_memory()
+            pinned[f.name] = v
+        return Batch(**pinned)
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> "Batch":
         """Move to `device`; pixels go as uint8 (non_blocking) and become (x/255 - 0.5)/0.5 in `dtype` there."""
@@ -62,7 +71,9 @@ class Batch:
 
 def _normalise(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     # float32 arithmetic, then the model dtype: bf16 cannot hold x/255 exactly, f32 nearly can.
-    return x.to(torch.float32).div_(255.0).sub_(0.5).div_(0.5).to(dtype)
+    # The result is NCHW-contiguous (the channels-last transpose happens here, on the device).
+    x = x.to(torch.float32).div_(255.0).sub_(0.5).div_(0.5)
+    return x.to(dtype, memory_format=torch.contiguous_format)
 
 
 class VisionCollator:
@@ -104,8 +115,8 @@ class VisionCollator:
             inputs=inputs,
             targets=targets,
             images_seq_mask=images_seq_mask,
-            pixel_values=torch.cat([it["global_views"] for it in kept]),
-            crop_values=torch.cat([it["crops"] for it in kept]),
+            pixel_values=_stack_pixels([it["global_views"] for it in kept]),
+            crop_values=_stack_pixels([it["crops"] for it in kept]),
             images_spatial_crop=torch.tensor(grids, dtype=torch.long).reshape(-1, 2),
             # UBIGINT ids above 2**63 keep their bits as negative int64.
             sample_ids=torch.tensor([_as_int64(it["sample_id"]) for it in kept], dtype=torch.int64),
@@ -114,6 +125,27 @@ class VisionCollator:
             truncated=torch.tensor([it["truncated"] for it in kept], dtype=torch.bool),
             dropped=len(items) - B,
         )
+
+
+def _stack_pixels(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate (n, 3, H, W) uint8 views into one (N, 3, H, W) tensor with channels-last memory.
+
+    Each part is copied once, as plain HWC rows, straight into the batch's buffer; in a DataLoader
+    worker that buffer is shared memory already (as torch's default_collate does), so handing the
+    batch to the training process copies nothing more.
+    """
+    n = sum(p.shape[0] for p in parts)
+    _, c, h, w = parts[0].shape
+    if get_worker_info() is not None and n:
+        storage = torch.UntypedStorage._new_shared(n * h * w * c)
+        out = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (n, h, w, c))
+    else:
+        out = torch.empty((n, h, w, c), dtype=torch.uint8)
+    k = 0
+    for p in parts:
+        out[k:k + p.shape[0]].copy_(p.permute(0, 2, 3, 1))
+        k += p.shape[0]
+    return out.permute(0, 3, 1, 2)
 
 
 def _as_int64(u: int) -> int:

@@ -153,8 +153,9 @@ class MixtureDataset(torch.utils.data.Dataset):
             "sample_id": r["sample_id"],
             "ids": torch.tensor(ids, dtype=torch.long),
             "image_tokens": counts,
-            "global_views": torch.stack(views) if views else torch.empty((0, 3, base, base), dtype=torch.uint8),
-            "crops": torch.cat(crops) if crops else torch.empty((0, 3, t, t), dtype=torch.uint8),
+            # One image (every row today): its tensors as they are, no copy; the collator copies once.
+            "global_views": _join(views, torch.stack, (0, 3, base, base)),
+            "crops": _join(crops, torch.cat, (0, 3, t, t)),
             "grids": grids,
             "truncated": truncated,
         }
@@ -178,6 +179,12 @@ class MixtureDataset(torch.utils.data.Dataset):
             total = pc.add(total, pc.is_valid(t["response"]).cast(pa.int64()))
             out[start:start + t.num_rows] = total.to_numpy()
         return out
+
+
+def _join(tensors: list[torch.Tensor], join, empty_shape: tuple) -> torch.Tensor:
+    if len(tensors) == 1:
+        return tensors[0].unsqueeze(0) if join is torch.stack else tensors[0]
+    return join(tensors) if tensors else torch.empty(empty_shape, dtype=torch.uint8)
 
 
 def _resolve(source: Path, split: str | None) -> tuple[list[Path], dict]:
