@@ -119,3 +119,9 @@ def test_missing_part_is_a_clear_error(tmp_path):
     (root / f"{docbank.IMG_ZIP}.002").unlink()
     with pytest.raises(docbank.MirrorError, match="missing .002"):
         docbank.plan(root, "train", {"pages_per_shard": 256})
+
+
+def test_token_lines_split_on_crlf_only():
+    content = "x\x0cy\t1\t2\t3\t4\t0\t0\t0\tF\tparagraph\r\n##LTFigure##\t5\t6\t7\t8\t0\t0\t0\tF\tfigure\r\n"
+    tokens = docbank.parse_tokens(content)
+    assert [(t.text, t.x0, t.y1, t.label) for t in tokens] == [("x\x0cy", 1, 4, "paragraph")]

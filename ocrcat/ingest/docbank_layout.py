@@ -64,7 +64,9 @@ class Line:
 def parse_tokens(content: str) -> list[Token]:
     """Tokens of a DocBank `.txt` page (ten TAB fields a line, CRLF); ValueError on a bad line."""
     tokens = []
-    for number, raw in enumerate(content.splitlines(), 1):
+    # Split on "\n" only: str.splitlines would also cut at form feeds or U+2028 inside a token.
+    for number, raw in enumerate(content.split("\n"), 1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         fields = raw.split("\t")

@@ -165,7 +165,7 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
         elif p["tarball"] is None:
             yield Rejected(key, "read", f"tarball of pdf_relpath {relpath!r} is not in the mirror's pdf_tarballs/")
         else:
-            pending.setdefault(relpath.split(":", 1)[1], []).append((key, row))
+            pending.setdefault(relpath.split(":", 1)[1].removeprefix("./"), []).append((key, row))
     if pending:
         yield from _stream(Path(p["tarball"]), pending, p["config"], options)
 
@@ -175,7 +175,7 @@ def _stream(tarball: Path, pending: dict[str, list[tuple[str, dict]]], config: s
     try:
         with tarfile.open(tarball, "r|gz") as tar:
             for member in tar:
-                wanted = pending.pop(member.name, None) if member.isfile() else None
+                wanted = pending.pop(member.name.removeprefix("./"), None) if member.isfile() else None
                 if wanted is None:
                     continue
                 data = tar.extractfile(member).read()
