@@ -138,3 +138,16 @@ def test_config_option_limits_files(tmp_path):
     assert only_books and all(s.payload["file"] == "01_books_train.parquet" for s in only_books)
     with pytest.raises(ValueError, match="no config"):
         olmocr.plan(root, "train", {"config": "99_nothing"})
+
+
+def test_truncated_tarball_rejects_the_rest_of_its_rows(tmp_path):
+    root = tmp_path / "olmocr"
+    docs = [{"id": f"d{i}", "pdf": olmocr.make_pdf(f"page {i}"), "natural_text": f"page {i}"} for i in range(6)]
+    olmocr.write_mirror(root, "00_documents", "train", docs, per_tarball=6)
+    tarball = next((root / "pdf_tarballs").glob("*.tar.gz"))
+    tarball.write_bytes(tarball.read_bytes()[: tarball.stat().st_size // 2])
+    [shard] = olmocr.plan(root, "train", {"config": "all"})
+    records = list(olmocr.read(shard, {"dpi": 72, "max_side": 2048}))
+    assert len(records) == shard.size == 6  # exactly one record per row, whatever broke
+    rejected = [r for r in records if isinstance(r, olmocr.Rejected)]
+    assert rejected and all("damaged" in r.message for r in rejected)

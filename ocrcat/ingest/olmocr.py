@@ -18,6 +18,7 @@ import io
 import json
 import random
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -175,13 +176,13 @@ def _stream(tarball: Path, pending: dict[str, list[tuple[str, dict]]], config: s
     try:
         with tarfile.open(tarball, "r|gz") as tar:
             for member in tar:
-                wanted = pending.pop(member.name.removeprefix("./"), None) if member.isfile() else None
-                if wanted is None:
+                name = member.name.removeprefix("./")
+                if not member.isfile() or name not in pending:
                     continue
-                data = tar.extractfile(member).read()
-                for key, row in wanted:
+                data = tar.extractfile(member).read()  # if this fails, the rows stay pending
+                for key, row in pending.pop(name):
                     yield _sample(key, row, data, config, options)
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         for rows in pending.values():
             for key, _ in rows:
                 yield Rejected(key, "read", f"{tarball.name} is damaged before this PDF: {exc}")
