@@ -20,3 +20,29 @@ ocrcat sql "SELECT source, source_key, stage, message FROM ingest_errors WHERE s
 ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
 ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
 ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser
+# Training path: the DataLoader a nanochat script builds over the stage2 export (written to
+# $DEMO/export by `ocrcat mix export` above), and the shapes of one batch.
+if [ -f "$DEMO/export/manifest.json" ]; then
+python - "$DEMO/export" <<'PY'
+import json, sys
+from pathlib import Path
+import torch
+from torch.utils.data import DataLoader
+from ocrcat.mix import MixtureDataset, PlanBatchSampler, VisionCollator, load_tokenizer
+
+export = Path(sys.argv[1])
+split = "train" if any(".train." in f for f in json.loads((export / "manifest.json").read_text())["files"]) else None
+ds = MixtureDataset(export, split=split, tokenizer=load_tokenizer("byte"))
+lengths = ds.lengths()
+sampler = PlanBatchSampler(len(ds), 4, lengths=lengths)  # length-aware batches, rank 0 of 1
+print(f"{len(ds)} samples; padding efficiency: plan order {PlanBatchSampler(len(ds), 4).padding_efficiency(lengths):.2f}, "
+      f"length-aware {sampler.padding_efficiency(lengths):.2f}")
+loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, collate_fn=VisionCollator(ds.tokenizer, pad_to_multiple=8))
+batch = next(iter(loader))
+for name in ("inputs", "targets", "images_seq_mask", "pixel_values", "crop_values", "images_spatial_crop"):
+    t = getattr(batch, name)
+    print(f"  {name:20s} {str(tuple(t.shape)):24s} {t.dtype}")
+on_device = batch.to("cpu", torch.bfloat16)  # "cuda" on a GPU machine: uint8 over the bus, normalised there
+print(f"  after to(): pixel_values {on_device.pixel_values.dtype} in [{on_device.pixel_values.min():.2f}, {on_device.pixel_values.max():.2f}]")
+PY
+fi
