@@ -19,11 +19,12 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ocrcat.catalog import Catalog
-from ocrcat.mix.mixtures import MixtureError, check_split, get_mixture, plan_sql
+from ocrcat.mix.mixtures import PLAN_ORDER, MixtureError, check_split, entries_sql, get_mixture
 
 ROW_GROUP = 1024
 FORMATS = ("parquet", "jsonl")
@@ -52,17 +53,21 @@ JSONL_FIRST = ("text", "response", "image_path")
 
 
 def export_sql(definition: dict, split: str | None = None) -> str:
-    """The plan joined to its samples, in the export's column order; `?` is the image path prefix
-    (bound as a parameter: a folder name never becomes SQL)."""
+    """The plan's entries joined to their samples, in plan order and the export's column order.
+
+    `?` is the image path prefix (a parameter: a folder name never becomes SQL). Positions are
+    numbered as the ordered rows stream out (`_batches`): one sort of the wide rows instead of a
+    second one just for row_number().
+    """
     return f"""
-    WITH plan AS ({plan_sql(definition, split)})
-    SELECT p.position, s.sample_id, p.component, p.repeat, s.source, s.split, s.kind, s.text, s.response,
-           CAST(s.messages AS VARCHAR) AS messages,
+    WITH e AS ({entries_sql(definition, split)})
+    SELECT CAST(NULL AS BIGINT) AS position, s.sample_id, e.component, e.repeat, s.source, s.split, s.kind,
+           s.text, s.response, CAST(s.messages AS VARCHAR) AS messages,
            CASE WHEN s.image_path IS NULL THEN NULL ELSE ? || s.image_path END AS image_path,
            s.image_width, s.image_height, s.image_tokens, CAST(s.meta AS VARCHAR) AS meta,
            s.source_key, s.image_sha256
-    FROM plan p JOIN samples s USING (sample_id)
-    ORDER BY p.position"""
+    FROM e JOIN samples s USING (sample_id)
+    ORDER BY {', '.join(f"e.{c.strip()}" for c in PLAN_ORDER.split(','))}"""
 
 
 def catalog_state(catalog: Catalog) -> dict:
@@ -156,21 +161,28 @@ def _earlier_exports(path: Path, manifest: dict) -> dict:
 
 
 def _batches(reader: pa.RecordBatchReader):
-    """The stream cast to SCHEMA, re-cut so that every batch but the last is a multiple of
-    ROW_GROUP rows: row groups then fall on the same rows however DuckDB chunked its output."""
+    """The ordered stream cast to SCHEMA and numbered (`position`), re-cut so that every piece but
+    the last is a multiple of ROW_GROUP rows: row groups then fall on the same rows however DuckDB
+    chunked its output."""
     pending: list[pa.RecordBatch] = []
-    rows = 0
+    rows = position = 0
+
+    def numbered(table: pa.Table) -> pa.Table:
+        ids = pa.array(np.arange(position, position + table.num_rows, dtype=np.int64))
+        return table.set_column(0, SCHEMA.field(0), ids)
+
     for batch in reader:
         pending.append(batch)
         rows += batch.num_rows
         if rows >= 64 * ROW_GROUP:
             table = pa.Table.from_batches(pending).cast(SCHEMA)
             cut = rows - rows % ROW_GROUP
-            yield table.slice(0, cut)
+            yield numbered(table.slice(0, cut))
+            position += cut
             pending = table.slice(cut).to_batches()
             rows -= cut
     if pending:
-        yield pa.Table.from_batches(pending).cast(SCHEMA)
+        yield numbered(pa.Table.from_batches(pending).cast(SCHEMA))
 
 
 def _count(counts: dict, table: pa.Table) -> None:

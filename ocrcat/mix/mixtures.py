@@ -35,6 +35,7 @@ from ocrcat.catalog import Catalog, CatalogError
 
 TEXT_COMPONENT = "text"  # the component name of the rows drawn for the text share
 DEFAULT_TEXT_PREDICATE = "kind = 'text'"
+PLAN_ORDER = "key, component, repeat, sample_id"
 SPLITS = ("train", "val", "test")
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
@@ -159,12 +160,9 @@ def _components(definition: dict) -> list[tuple[str, str, float | None]]:
     return comps
 
 
-def plan_sql(definition: dict, split: str | None = None) -> str:
-    """A SELECT of the plan: (position, component, repeat, sample_id), in plan order.
-
-    With `split`, the definition is applied to that split's rows only (weights and shares hold
-    within it, positions run 0..n-1).
-    """
+def entries_sql(definition: dict, split: str | None = None) -> str:
+    """A SELECT of the plan's entries (component, repeat, sample_id, key), unordered; their plan
+    order is ORDER BY PLAN_ORDER (the seeded key, then the entry itself: a total order)."""
     check_split_name(split)
     seed = int(definition["seed"])
     in_split = f" AND split = {_quote(split)}" if split else ""
@@ -217,9 +215,19 @@ def plan_sql(definition: dict, split: str | None = None) -> str:
       {union_copies}
     ),
     entries AS (SELECT component, sample_id, unnest(range(copies)) AS repeat FROM copies)
-    SELECT CAST(row_number() OVER (ORDER BY {order}, component, repeat, sample_id) - 1 AS BIGINT) AS position,
-           component, CAST(repeat AS INTEGER) AS repeat, sample_id
+    SELECT component, CAST(repeat AS INTEGER) AS repeat, sample_id, {order} AS key
     FROM entries"""
+
+
+def plan_sql(definition: dict, split: str | None = None) -> str:
+    """A SELECT of the plan: (position, component, repeat, sample_id), in plan order.
+
+    With `split`, the definition is applied to that split's rows only (weights and shares hold
+    within it, positions run 0..n-1).
+    """
+    return f"""SELECT CAST(row_number() OVER (ORDER BY {PLAN_ORDER}) - 1 AS BIGINT) AS position,
+           component, repeat, sample_id
+    FROM ({entries_sql(definition, split)})"""
 
 
 def check_split_name(split: str | None) -> None:
@@ -414,10 +422,10 @@ def describe_mixture(catalog: Catalog, name: str, split: str | None = None) -> d
     definition = get_mixture(catalog, name)
     con = catalog.con
     comps = _components(definition)
-    plan = plan_sql(definition, split)  # checks the split
+    entries = entries_sql(definition, split)  # checks the split
     in_split = f" AND split = {_quote(split)}" if split else ""
     rows = {n: con.execute(f"SELECT count(*) FROM samples WHERE ({p}\n){in_split}").fetchone()[0] for n, p, _ in comps}
-    realised = dict(con.execute(f"SELECT component, count(*) FROM ({plan}) GROUP BY 1").fetchall())
+    realised = dict(con.execute(f"SELECT component, count(*) FROM ({entries}) GROUP BY 1").fetchall())
     promised = promised_counts(definition, rows)
     total = sum(realised.values())
     share = float(definition["text_share"])

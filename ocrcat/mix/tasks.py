@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ocrcat.catalog import Catalog, resolve_dir
-from ocrcat.mix.mixtures import check_split, get_mixture, plan_sql
+from ocrcat.mix.mixtures import PLAN_ORDER, check_split, entries_sql, get_mixture
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "eval": "val", "dev": "val", "test": "test"}
 
@@ -75,7 +75,7 @@ class CatalogTask(Task):
             if mixture is not None:
                 definition = get_mixture(cat, mixture)
                 check_split(cat, definition, split)
-                query = f"SELECT sample_id FROM ({plan_sql(definition, split)}) ORDER BY position"
+                query = f"SELECT sample_id FROM ({entries_sql(definition, split)}) ORDER BY {PLAN_ORDER}"
                 params = []
             else:
                 query = f"SELECT sample_id FROM samples WHERE ({where}\n)" + (" AND split = ?" if split else "") \
