@@ -477,12 +477,14 @@ def mix_show(
         print_json(d)
         return
     print_table(
-        ["component", "predicate", "weight", "rows", "promised", "in plan", "intended", "realised"],
-        [(c["name"], c["predicate"], "text share" if c["weight"] is None else f"{c['weight']:g}", c["rows"],
-          c["promised"], c["realised"], f"{c['intended_share']:.2%}", f"{c['realised_share']:.2%}")
-         for c in d["components"]],
+        ["component", "weight", "rows", "promised", "in plan", "intended", "realised"],
+        [(c["name"], "text share" if c["weight"] is None else f"{c['weight']:g}", c["rows"], c["promised"],
+          c["realised"], f"{c['intended_share']:.2%}", f"{c['realised_share']:.2%}") for c in d["components"]],
         title=f"{name}{f' ({split})' if split else ''}: seed {d['seed']}, text share {d['text_share']:.0%}",
     )
+    width = max(len(c["name"]) for c in d["components"])
+    for c in d["components"]:  # predicates below the table: long SQL would squeeze the numbers
+        console.print(f"  {c['name']:{width}}  {c['predicate']}", highlight=False)
     console.print(f"{d['total']} plan positions; query them as the view {d['view']}")
 
 

@@ -20,6 +20,17 @@ ocrcat sql "SELECT source, source_key, stage, message FROM ingest_errors WHERE s
 ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
 ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
 ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser
+# Mixtures: the data plan's presets as SQL views over samples, with seeded plans, exported in plan order.
+ocrcat mix load --preset
+ocrcat mix show stage2                        # rows per component before/after weighting, shares
+ocrcat sql "SELECT source, count(*) AS plan_rows FROM mix_stage2 GROUP BY 1 ORDER BY 1"
+ocrcat sql "SELECT position, component, repeat, source, left(text, 50) AS text FROM mix_stage2 LIMIT 6"
+ocrcat mix create charts -C "human=source = 'chartqa' AND meta->>'origin' = 'human':2" -C "plots=source = 'plotqa':0.5" --text-share 0.2 --seed 7
+ocrcat mix show charts
+ocrcat export stage2 --out "$DEMO/export" --split train
+ocrcat export stage2 --out "$DEMO/export-jsonl" --format jsonl --relative-paths
+head -c 400 "$DEMO/export-jsonl/stage2.all.jsonl"; echo
+python -c "from ocrcat.mix.tasks import ChartQA, SmolTalk; t = ChartQA(split='train'); print(len(t), t[0]); print(SmolTalk(split='train')[0])"
 # Training path: the DataLoader a nanochat script builds over the stage2 export (written to
 # $DEMO/export by `ocrcat mix export` above), and the shapes of one batch.
 if [ -f "$DEMO/export/manifest.json" ]; then
