@@ -17,6 +17,9 @@ ocrcat sql "SELECT source_key, left(text, 300) AS transcript FROM samples WHERE 
 ocrcat sql "SELECT source_key, response AS html FROM samples WHERE source = 'pubtables' AND response LIKE '%rowspan%' LIMIT 1"
 ocrcat sql "SELECT source_key, image_width, image_height, meta->>'rotated' AS turned FROM samples WHERE source = 'olmocr' AND meta->>'rotated' <> '0'"
 ocrcat sql "SELECT source, source_key, stage, message FROM ingest_errors WHERE source IN ('docbank', 'olmocr', 'pubtables')"
+# Charts and chat: a horizontal-bar PlotQA chart as a table; FigureQA questions sharing one image each.
+ocrcat sql "SELECT text, response FROM samples WHERE source = 'plotqa' AND meta->>'orientation' = 'horizontal' LIMIT 1"
+ocrcat sql "SELECT count(*) AS questions, count(DISTINCT image_path) AS figures FROM samples WHERE source = 'figureqa'"
 ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
 ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
 ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser
