@@ -193,4 +193,26 @@ def test_export_refuses_what_it_cannot_do(catalog, tmp_path):
             export_mixture(cat, "m", tmp_path, split="dev")
         with pytest.raises(MixtureError, match="text share but split test has no rows"):
             export_mixture(cat, "m", tmp_path, split="test")
-    assert list(tmp_path.iterdir()) == []
+        assert list(tmp_path.iterdir()) == []
+        (tmp_path / "file").write_text("")
+        with pytest.raises(MixtureError, match="is a file"):
+            export_mixture(cat, "m", tmp_path / "file")
+
+
+def test_cli_export(catalog, tmp_path):
+    from typer.testing import CliRunner
+
+    from ocrcat.cli import app
+
+    runner = CliRunner()
+    env = {"OCRCAT_HOME": str(catalog)}
+    result = runner.invoke(app, ["export", "m", "--out", str(tmp_path), "--split", "train", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output)
+    assert manifest["files"] == ["m.train.parquet"]
+    assert pq.read_metadata(tmp_path / "m.train.parquet").num_rows == manifest["rows"]
+    result = runner.invoke(app, ["export", "m", "--out", str(tmp_path / "j"), "--format", "jsonl", "--relative-paths"],
+                           env=env)
+    assert result.exit_code == 0 and "m.all.jsonl" in result.output, result.output
+    result = runner.invoke(app, ["export", "m", "--out", str(tmp_path), "--format", "csv"], env=env)
+    assert result.exit_code == 2 and "use parquet or jsonl" in result.output

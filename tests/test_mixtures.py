@@ -253,6 +253,15 @@ def test_a_toml_file_with_one_bad_mixture_writes_nothing(ten, tmp_path):
     path.write_text("[broken\n")
     with pytest.raises(MixtureError, match="not valid TOML"):
         load_toml(ten, path)
+    path.write_text("[m.components]\ncharts = 2\n")
+    with pytest.raises(MixtureError, match="needs a predicate"):
+        load_toml(ten, path)
+    path.write_text("[m]\nseed = 1\n")
+    with pytest.raises(MixtureError, match="needs a components table"):
+        load_toml(ten, path)
+    with pytest.raises(MixtureError, match="no mixture file"):
+        load_toml(ten, tmp_path / "missing.toml")
+    assert list_mixtures(ten) == []
 
 
 def test_split_applies_the_definition_within_a_split(ten):

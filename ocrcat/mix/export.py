@@ -100,6 +100,8 @@ def export_mixture(
         raise MixtureError(f"unknown export format {format!r}; use parquet or jsonl")
     definition = get_mixture(catalog, name)
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise MixtureError(f"--out {out} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     root = catalog.dir.resolve()
     data = out / f"{name}.{split or 'all'}.{format}"

@@ -25,7 +25,10 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from importlib import resources
 from pathlib import Path
 
@@ -82,7 +85,7 @@ def normalise(name: str, components, text_share: float = 0.0, seed: int = 0,
     """
     check_name(name)
     if isinstance(components, dict):
-        components = [{"name": k, **(v if isinstance(v, dict) else {"weight": v})} for k, v in components.items()]
+        components = [{"name": k, **v} if isinstance(v, dict) else (k, None, v) for k, v in components.items()]
     comps = []
     for comp in components or []:
         if not isinstance(comp, dict):
