@@ -166,3 +166,11 @@ def test_missing_zip_is_a_clear_mirror_error(tmp_path, catalog_dir):
     (tmp_path / "llava_cc3m/chat.json").write_text("[]")
     with Catalog(catalog_dir) as cat, pytest.raises(ValueError, match="no images.zip"):
         ingest(cat, "llava_cc3m", mirror=tmp_path)
+
+
+def test_images_zip_that_is_not_a_zip_is_a_clear_mirror_error(tmp_path, catalog_dir):
+    write_mirror(tmp_path, [entry("a")], {"a.jpg": png_bytes()})
+    data = (tmp_path / "llava_cc3m/images.zip").read_bytes()
+    (tmp_path / "llava_cc3m/images.zip").write_bytes(data[: len(data) // 2])
+    with Catalog(catalog_dir) as cat, pytest.raises(ValueError, match="not a zip archive"):
+        ingest(cat, "llava_cc3m", mirror=tmp_path)

@@ -130,6 +130,8 @@ def plan(root: Path, split: str, options: dict) -> list[Shard]:
     for path in (chat, images):
         if not path.is_file():
             raise MirrorError(f"no {path.name} in {root}; run `ocrcat fetch llava_cc3m` or `ocrcat sample-mirror`")
+    if not zipfile.is_zipfile(images):
+        raise MirrorError(f"{images} is not a zip archive (a cut download?); fetch it again")
     shards: list[Shard] = []
     start, count, index = 0, 0, 0
     payload = {"chat": str(chat), "zip": str(images)}
@@ -174,8 +176,11 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
     with open(p["chat"], "rb") as f:
         entries = iter_array(f, p["offset"])
         for index in range(p["first"], p["first"] + shard.size):
-            _, entry = next(entries)
-            yield to_record(entry, index, archive)
+            found = next(entries, None)
+            if found is None:  # the file changed after planning: say so for each entry not read
+                yield Rejected(f"chat.json#{index}", "read", "chat.json ended early; it changed since planning, rerun")
+            else:
+                yield to_record(found[1], index, archive)
 
 
 def to_record(entry: object, index: int, archive: zipfile.ZipFile) -> Record:
