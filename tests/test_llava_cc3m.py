@@ -174,3 +174,24 @@ def test_images_zip_that_is_not_a_zip_is_a_clear_mirror_error(tmp_path, catalog_
     (tmp_path / "llava_cc3m/images.zip").write_bytes(data[: len(data) // 2])
     with Catalog(catalog_dir) as cat, pytest.raises(ValueError, match="not a zip archive"):
         ingest(cat, "llava_cc3m", mirror=tmp_path)
+
+
+def test_interrupted_ingest_resumes_at_the_unfinished_byte_range(tmp_path, monkeypatch, catalog_dir):
+    root = write_mirror(tmp_path, [entry(f"GCC_{i}") for i in range(10)],
+                       {f"GCC_{i}.jpg": png_bytes((20 + i, 20)) for i in range(10)})
+    monkeypatch.setattr(llava_cc3m, "ENTRIES_PER_SHARD", 3)
+    real = llava_cc3m.to_record
+
+    def interrupted(found, index, archive):
+        if index == 7:
+            raise KeyboardInterrupt
+        return real(found, index, archive)
+
+    monkeypatch.setattr(llava_cc3m, "to_record", interrupted)
+    with Catalog(catalog_dir) as cat, pytest.raises(KeyboardInterrupt):
+        ingest(cat, "llava_cc3m", mirror=root)
+    monkeypatch.setattr(llava_cc3m, "to_record", real)
+    with Catalog(catalog_dir) as cat:
+        [summary] = ingest(cat, "llava_cc3m", mirror=root)
+    assert (summary.shards_resumed, summary.shards_total, summary.rows) == (2, 4, 10)
+    assert sorted(catalog_rows(catalog_dir)) == sorted(f"GCC_{i}" for i in range(10))
