@@ -67,9 +67,8 @@ def build(path: Path, rows: int) -> None:
 
 def step(which: str, catalog: str, out: str) -> None:
     """One measured step, in this (fresh) process; prints a JSON line with seconds and peak RSS."""
-    from ocrcat.mix.export import SCHEMA, _write_parquet
+    from ocrcat.mix.export import SCHEMA, _write_parquet, export_mixture
     from ocrcat.mix.mixtures import get_mixture, plan_sql
-    from ocrcat.mix.export import export_mixture
 
     started = time.perf_counter()
     with Catalog(catalog, read_only=True) as cat:
