@@ -12,7 +12,7 @@ it is exported, and then, in this one run, the same samples are served three way
 Last line: `loader samples_per_s=… ratio=… floor_fraction=…` (ratio = ocrcat / reference,
 floor_fraction = ocrcat / floor). Timings share the machine's 2 cores with whatever else runs.
 Each is timed in --rounds rounds, best of each kept (the 2 cores are shared with other work).
-Usage: python bench/loader.py [--samples 192] [--batch-size 8] [--rounds 3]
+Usage: python bench/loader.py [--samples 192] [--batch-size 8] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from ocrcat.mix.export import export_mixture
 from ocrcat.vision import MODES, choose_grid
 
 MODE = MODES["gundam"]
-REFERENCE_SAMPLES = 64  # per round: the reference is slow, and its cost is per sample anyway
 
 
 def build_export(work: Path, rows: int) -> Path:
@@ -134,7 +133,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ocrcat-bench-loader-"))
     try:
@@ -157,13 +156,12 @@ def main() -> None:
             floor = max(floor, run_floor(export, n, args.workers))
             o, efficiency = run_ocrcat(export, n, args.batch_size, args.workers)
             ours = max(ours, o)
-            reference = max(reference, run_reference(export, min(n, REFERENCE_SAMPLES), args.batch_size))
+            reference = max(reference, run_reference(export, n, args.batch_size))
             print(f"round {round_ + 1}: floor {floor:6.1f}  ocrcat {ours:6.1f}  reference {reference:6.1f} samples/s (best so far)")
         print(f"floor:     {floor:7.1f} samples/s (decode + resize, {args.workers} processes)")
         print(f"ocrcat:    {ours:7.1f} samples/s (Dataset + collator, {args.workers} workers, "
               f"batch {args.batch_size}, padding efficiency {efficiency:.2f})")
-        print(f"reference: {reference:7.1f} samples/s (one process, float32 on the CPU, Python padding; "
-              f"first {min(n, REFERENCE_SAMPLES)} samples)")
+        print(f"reference: {reference:7.1f} samples/s (one process, float32 on the CPU, Python padding)")
         print(f"loader samples_per_s={ours:.1f} ratio={ours / reference:.2f} floor_fraction={ours / floor:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
