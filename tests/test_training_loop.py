@@ -158,3 +158,22 @@ def test_kill_and_resume_gives_identical_batches_on_one_and_two_ranks(export_dir
         positions = [p for b in full[r, w] for p in b["pos"]]
         assert positions == list(range(r, n, w))  # rank r of w: r, r + w, …
     assert json.loads((tmp_path / "state-2-1.json").read_text())["consumed"] == k * 2
+
+
+def test_sampler_ranks_split_the_plan_and_resume_with_length_aware_batches():
+    lengths = [(7 * i) % 23 + 1 for i in range(103)]
+    ranks = [PlanBatchSampler(103, 4, rank=r, world_size=3, lengths=lengths, window=12) for r in range(3)]
+    served = [sorted(i for b in s for i in b) for s in ranks]
+    assert served == [list(range(r, 3 * (103 // 3), 3)) for r in range(3)]  # equal shares, r + k·W
+    for s in ranks:
+        whole = list(s)
+        again = PlanBatchSampler(103, 4, rank=s.rank, world_size=3, lengths=lengths, window=12)
+        for b in whole[:3]:
+            again.step(len(b))
+        fresh = PlanBatchSampler(103, 4, rank=s.rank, world_size=3, lengths=lengths, window=12)
+        fresh.load_state_dict(again.state_dict())
+        assert list(fresh) == whole[3:] and len(fresh) == len(whole) - 3
+    with pytest.raises(ValueError, match="world_size=3"):
+        PlanBatchSampler(103, 4, world_size=2).load_state_dict(ranks[0].state_dict())
+    with pytest.raises(ValueError, match="rank must be"):
+        PlanBatchSampler(10, 2, rank=2, world_size=2)

@@ -124,6 +124,9 @@ class MixtureDataset(torch.utils.data.Dataset):
         r = self.row(i)
         views, crops, grids, counts = [], [], [], []
         if r["kind"] == "text":
+            if not r["messages"]:
+                raise ValueError(f"text row {r['sample_id']} (position {r['position']}) has no messages; "
+                                 "`ocrcat validate` lists such rows")
             messages = json.loads(r["messages"]) if isinstance(r["messages"], str) else r["messages"]
             ids, starts = self.tokenizer.render_conversation(messages), []
         else:
