@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and PIL load only when pixels are made: the catalog counts without them
+    import torch
+    from PIL import Image
 
 PATCH_SIZE = 16
 DOWNSAMPLE = 4  # the projector merges 4x4 patches into one token
