@@ -35,8 +35,7 @@ ocrcat export stage2 --out "$DEMO/export-jsonl" --format jsonl --relative-paths
 head -c 400 "$DEMO/export-jsonl/stage2.all.jsonl"; echo
 python -c "from ocrcat.mix.tasks import ChartQA, SmolTalk; t = ChartQA(split='train'); print(len(t), t[0]); print(SmolTalk(split='train')[0])"
 # Training path: the DataLoader a nanochat script builds over the stage2 export (written to
-# $DEMO/export by `ocrcat mix export` above), and the shapes of one batch.
-if [ -f "$DEMO/export/manifest.json" ]; then
+# $DEMO/export by `ocrcat export` above), and the shapes of one batch.
 python - "$DEMO/export" <<'PY'
 import json, sys
 from pathlib import Path
@@ -59,4 +58,3 @@ for name in ("inputs", "targets", "images_seq_mask", "pixel_values", "crop_value
 on_device = batch.to("cpu", torch.bfloat16)  # "cuda" on a GPU machine: uint8 over the bus, normalised there
 print(f"  after to(): pixel_values {on_device.pixel_values.dtype} in [{on_device.pixel_values.min():.2f}, {on_device.pixel_values.max():.2f}]")
 PY
-fi
