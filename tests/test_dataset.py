@@ -194,3 +194,19 @@ def test_lengths_estimate_ids_exactly_for_the_byte_tokenizer(export_dir):
 
 def test_load_tokenizer_default_is_byte():
     assert load_tokenizer().name == "byte"
+
+
+def test_reads_ocrcat_exports_with_absolute_and_relative_paths(small_catalog, tmp_path):
+    from ocrcat.mix.export import export_mixture
+    from ocrcat.mix.mixtures import create_mixture
+
+    with Catalog(small_catalog) as cat:
+        create_mixture(cat, "three", [(s, f"source = '{s}'", 1) for s in SOURCES], seed=5, replace=True)
+        export_mixture(cat, "three", tmp_path / "abs")
+        export_mixture(cat, "three", tmp_path / "rel", relative_paths=True)
+    a, b = MixtureDataset(tmp_path / "abs"), MixtureDataset(tmp_path / "rel")
+    assert len(a) == len(b) == 3 * 12 and not Path(b.row(0)["image_path"]).is_absolute()
+    for i in (0, 1, len(a) - 1):
+        x, y = a[i], b[i]
+        assert x["position"] == i and x["sample_id"] == y["sample_id"]
+        assert torch.equal(x["ids"], y["ids"]) and torch.equal(x["global_views"], y["global_views"])

@@ -18,6 +18,8 @@ from ocrcat.catalog import Catalog
 from ocrcat.ingest import registry
 from ocrcat.ingest.runner import ingest
 from ocrcat.mix import MixtureDataset, PlanBatchSampler, VisionCollator
+from ocrcat.mix.export import export_mixture
+from ocrcat.mix.mixtures import load_toml
 
 from test_collate import check_batch
 from test_dataset import export_dir, small_catalog  # noqa: F401  (session fixtures)
@@ -38,29 +40,14 @@ class TinyModel(nn.Module):
 
 @pytest.fixture(scope="module")
 def stage2_export(sample_mirror_factory, tmp_path_factory):
-    """catalog (every source this version can ingest) -> the stage2 preset -> export_mixture."""
-    export = pytest.importorskip("ocrcat.mix.export")
-    from ocrcat.mix import mixtures
-
+    """catalog (all ten sources' sample mirrors) -> the stage2 preset -> export_mixture."""
     path = tmp_path_factory.mktemp("stage2") / "catalog"
+    out = tmp_path_factory.mktemp("stage2-export")
     with Catalog(path) as cat:
         for source in registry.available():
             ingest(cat, source, mirror=sample_mirror_factory(source, rows=8))
-        preset = next(d for d in mixtures.read_toml() if d["name"] == "stage2")
-        have = {r[0] for r in cat.con.execute("SELECT DISTINCT source FROM samples").fetchall()}
-        comps = [c for c in preset["components"] if c["name"] in have]
-        if len(comps) == len(preset["components"]) and "smoltalk" in have:
-            mixtures.load_toml(cat, None, ["stage2"])
-            name = "stage2"
-        else:
-            # Sources not implemented yet are left out; the rest of the preset stands as it is.
-            name = "stage2_now"
-            share = preset["text_share"] if "smoltalk" in have else 0.0
-            mixtures.create_mixture(cat, name, [(c["name"], c["predicate"], c["weight"]) for c in comps],
-                                    text_share=share, seed=preset["seed"],
-                                    text_predicate=preset.get("text_predicate") if share else None)
-        out = tmp_path_factory.mktemp("stage2-export")
-        export.export_mixture(cat, name, out, split="train")
+        load_toml(cat, None, ["stage2"])
+        export_mixture(cat, "stage2", out, split="train")
     return out
 
 
@@ -68,6 +55,8 @@ def test_tiny_model_loss_falls_on_a_stage2_export(stage2_export):
     ds = MixtureDataset(stage2_export, split="train")
     assert len(ds) > 24
     n = 24  # the plan's first 24 positions, three times over: enough to see learning, quick on a CPU
+    kinds = [ds.row(i)["kind"] for i in range(n)]
+    assert "vision" in kinds and "text" in kinds  # stage2's 10 % SmolTalk share shows up early
     sampler = PlanBatchSampler(n, 4)
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, collate_fn=VisionCollator(ds.tokenizer))
     torch.manual_seed(0)
