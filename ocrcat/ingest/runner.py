@@ -351,27 +351,30 @@ def _commit_shard(catalog: Catalog, source: str, split: str, fingerprint: str, r
     con.execute("BEGIN")
     try:
         con.register("shard_batch", batch)
-        existing = {
-            key
-            for (key,) in con.execute(
-                "SELECT b.source_key FROM shard_batch b JOIN samples s USING (sample_id)"
+        # The primary key does the duplicate check: no scan of the whole table per shard.
+        inserted = con.execute("INSERT OR IGNORE INTO samples SELECT * FROM shard_batch").fetchone()[0]
+        if inserted < len(rows):
+            # Rare: ids already in the catalog (a source repeating a key). Undo, name them, insert the rest.
+            con.execute("ROLLBACK")
+            con.execute("BEGIN")
+            con.register("shard_batch", batch)  # the rollback dropped it
+            existing = con.execute(
+                "SELECT source_key FROM shard_batch WHERE sample_id IN (SELECT sample_id FROM samples) "
+                "ORDER BY source_key"
             ).fetchall()
-        }
-        for key in sorted(existing):
-            errors.append(Rejected(key, "insert", "duplicate source_key: already in the catalog; first kept"))
-        con.execute("INSERT INTO samples SELECT * FROM shard_batch "
-                    "WHERE sample_id NOT IN (SELECT sample_id FROM samples)")
-        con.unregister("shard_batch")
+            for (key,) in existing:
+                errors.append(Rejected(key, "insert", "duplicate source_key: already in the catalog; first kept"))
+            inserted = con.execute("INSERT OR IGNORE INTO samples SELECT * FROM shard_batch").fetchone()[0]
         if errors:
             con.executemany(
                 "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
                 [[run_id, source, split, e.source_key, e.stage, e.message] for e in errors],
             )
-        inserted = len(rows) - len(existing)
         con.execute(
             "INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [source, split, fingerprint, result.shard_key, run_id, inserted, len(errors), result.skipped],
         )
+        con.unregister("shard_batch")
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
