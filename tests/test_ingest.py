@@ -120,7 +120,7 @@ def test_keep_align_option(sample_mirror_factory, catalog_dir):
 
 
 def write_bad_chartqa_mirror(root: Path) -> dict[str, str]:
-    """A ChartQA mirror with 5 good rows and one of each kind of bad record; returns key -> stage."""
+    """A ChartQA mirror with 5 good rows and one of each kind of bad record (6); returns key -> stage."""
     good = png_bytes((120, 80))
     rows = [{"image": png_bytes((100 + i, 80)), "query": f"q{i}?", "label": [str(i)], "human_or_machine": 0}
             for i in range(5)]
@@ -130,6 +130,7 @@ def write_bad_chartqa_mirror(root: Path) -> dict[str, str]:
         ({"image": good, "query": None, "label": ["1"], "human_or_machine": 0}, "map"),
         ({"image": good, "query": "no answer?", "label": [], "human_or_machine": 0}, "map"),
         ({"image": absurd_png_header(), "query": "huge?", "label": ["1"], "human_or_machine": 0}, "image"),
+        ({"image": None, "query": "no picture?", "label": ["1"], "human_or_machine": 0}, "image"),
     ]
     rel = f"data/{split_file_name('train')}"
     write_hub_parquet(root / "chartqa" / rel, rows + [r for r, _ in bad], chartqa.FEATURES)
@@ -142,12 +143,13 @@ def test_bad_records_become_one_error_row_each(tmp_path, catalog_dir):
         [summary] = ingest(cat, "chartqa", mirror=tmp_path / "mirror")
         errors = cat.con.execute("SELECT source_key, stage, message FROM ingest_errors ORDER BY source_key").fetchall()
         landed = cat.con.execute("SELECT count(*) FROM samples").fetchone()[0]
-    assert (summary.rows, summary.errors, landed) == (5, 5, 5)
+    assert (summary.rows, summary.errors, landed) == (5, 6, 5)
     assert {key: stage for key, stage, _ in errors} == expected
     messages = {key: message for key, _, message in errors}
     assert "30000x30000" in messages[next(k for k in expected if k.endswith("#9"))] or "too large" in messages[
         next(k for k in expected if k.endswith("#9"))]
     assert "label list is empty" in messages[next(k for k in expected if k.endswith("#8"))]
+    assert "image is missing" in messages[next(k for k in expected if k.endswith("#10"))]
     assert not list((catalog_dir / "images").rglob("*.tmp"))
 
 
@@ -156,7 +158,7 @@ def test_max_error_rate_turns_errors_into_exit_status(tmp_path, catalog_dir):
     base = OCRCAT + ["ingest", "chartqa", "--mirror", str(tmp_path / "mirror"), "--catalog", str(catalog_dir)]
     ok = subprocess.run(base, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr  # default: report, exit 0
-    assert "5 records rejected" in ok.stdout
+    assert "6 records rejected" in ok.stdout
     strict = subprocess.run(base + ["--max-error-rate", "0.2"], capture_output=True, text=True)
     assert strict.returncode == 1
     assert "above --max-error-rate" in strict.stderr

@@ -71,7 +71,9 @@ class Sample:
     source_key: str
     text: str
     response: str | None = None
-    image: bytes | None = None  # encoded image bytes (JPEG, PNG, …), stored as they are
+    # Encoded bytes (JPEG, PNG, …, stored as they are) or a hub Image cell {bytes, path}; a vision
+    # source's sample without a usable image becomes an error row, a text source's has none.
+    image: bytes | dict | None = None
     messages: list[dict] | None = None
     meta: dict | None = None
 

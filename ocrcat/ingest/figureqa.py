@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, require_files, vision_prompt
-from ocrcat.ingest.parquet import image_bytes, plan_files, read_rows, row_key, split_file_name, write_hub_parquet
+from ocrcat.ingest.parquet import plan_files, read_rows, row_key, split_file_name, write_hub_parquet
 
 INFO = SourceInfo(
     name="figureqa",
@@ -73,22 +73,16 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
         if not pairs:
             yield Rejected(figure, "map", "the figure has no questions (qa is empty)")
             continue
-        try:
-            image, problem = image_bytes(row["image"]), None
-        except ValueError as exc:
-            image, problem = None, str(exc)
         for j, pair in enumerate(pairs):
             key = f"{figure}/{j}"
             question = (pair or {}).get("question")
             answer = normalise_answer((pair or {}).get("answer"))
-            if problem:
-                yield Rejected(key, "image", problem)
-            elif not isinstance(question, str) or not question.strip():
+            if not isinstance(question, str) or not question.strip():
                 yield Rejected(key, "map", "question is empty")
             elif answer is None:
                 yield Rejected(key, "map", f"answer {(pair or {}).get('answer')!r} is not yes or no")
             else:
-                yield Sample(key, vision_prompt(f"Question: {question.strip()}"), answer, image,
+                yield Sample(key, vision_prompt(f"Question: {question.strip()}"), answer, row["image"],
                              meta={"figure": figure, "qa_index": j})
 
 

@@ -17,7 +17,7 @@ import datasets
 
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
-from ocrcat.ingest.parquet import image_bytes, plan_split, read_rows, row_key, split_file_name, write_hub_parquet
+from ocrcat.ingest.parquet import plan_split, read_rows, row_key, split_file_name, write_hub_parquet
 
 INFO = SourceInfo(
     name="latex_formulas",
@@ -54,13 +54,8 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
         if not formula or not formula.strip():
             yield Rejected(key, "map", "latex_formula is empty")
             continue
-        try:
-            image = image_bytes(row["image"])
-        except ValueError as exc:
-            yield Rejected(key, "image", str(exc))
-            continue
         response = formula.strip() if options["keep_align"] else strip_align(formula)
-        yield Sample(key, vision_prompt(PROMPT), response, image)
+        yield Sample(key, vision_prompt(PROMPT), response, row["image"])
 
 
 def write_sample_mirror(root: Path, rows: int, seed: int) -> None:

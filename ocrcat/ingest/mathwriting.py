@@ -13,7 +13,7 @@ import datasets
 
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
-from ocrcat.ingest.parquet import image_bytes, plan_split, read_rows, row_key, write_hub_parquet
+from ocrcat.ingest.parquet import plan_split, read_rows, row_key, write_hub_parquet
 
 INFO = SourceInfo(
     name="mathwriting",
@@ -38,12 +38,7 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
         if not row["latex"] or not row["latex"].strip():
             yield Rejected(key, "map", "latex is empty")
             continue
-        try:
-            image = image_bytes(row["image"])
-        except ValueError as exc:
-            yield Rejected(key, "image", str(exc))
-            continue
-        yield Sample(key, vision_prompt(PROMPT), row["latex"].strip(), image)
+        yield Sample(key, vision_prompt(PROMPT), row["latex"].strip(), row["image"])
 
 
 def write_sample_mirror(root: Path, rows: int, seed: int) -> None:

@@ -20,7 +20,7 @@ import datasets
 
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
-from ocrcat.ingest.parquet import image_bytes, plan_split, read_rows, row_key, split_file_name, write_hub_parquet
+from ocrcat.ingest.parquet import plan_split, read_rows, row_key, split_file_name, write_hub_parquet
 
 INFO = SourceInfo(
     name="plotqa",
@@ -198,12 +198,7 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
         except TagError as exc:
             yield Rejected(key, "parse", f"chart tags do not parse: {exc}")
             continue
-        try:
-            image = image_bytes(row["image"])
-        except ValueError as exc:
-            yield Rejected(key, "image", str(exc))
-            continue
-        yield Sample(key, vision_prompt(prompt_for(key)), table, image, meta=meta)
+        yield Sample(key, vision_prompt(prompt_for(key)), table, row["image"], meta=meta)
 
 
 def chart_tags(chart: synth.SeriesChart, boxes: list[list[tuple]]) -> str:

@@ -24,10 +24,11 @@ from typing import Iterator, Protocol
 import pyarrow as pa
 
 from ocrcat import vision
-from ocrcat.catalog import BadImage, Catalog, ImageStore, sample_id
+from ocrcat.catalog import Catalog, ImageStore, sample_id
 from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
 from ocrcat.ingest import registry
 from ocrcat.ingest.base import MirrorError, Rejected, Sample, Shard, Skipped
+from ocrcat.ingest.parquet import image_bytes
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -295,7 +296,7 @@ def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, 
             elif isinstance(record, Rejected):
                 result.errors.append(record)
             else:
-                row = _to_row(record, source_name, split, store, mode, result)
+                row = _to_row(record, source.INFO.kind, source_name, split, store, mode, result)
                 if row is not None:
                     result.rows.append(row)
     except Exception as exc:  # a reader that fails mid-shard (corrupt file): the rest of it is an error
@@ -303,23 +304,24 @@ def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, 
     return result
 
 
-def _to_row(record: Sample, source: str, split: str, store: ImageStore, mode: str,
+def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStore, mode: str,
             result: ShardResult) -> dict | None:
+    """The catalog row of a sample; None (and an error) when a vision sample's image is unusable."""
     row = {
         "sample_id": sample_id(source, split, record.source_key),
         "source": source,
         "split": split,
         "source_key": record.source_key,
-        "kind": "text" if record.image is None else "vision",
+        "kind": kind,
         "text": record.text,
         "response": record.response,
         "messages": json.dumps(record.messages, ensure_ascii=False) if record.messages is not None else None,
         "meta": json.dumps(record.meta or {}, ensure_ascii=False, sort_keys=True),
     }
-    if record.image is not None:
+    if kind == "vision":
         try:
-            image = store.put(source, record.image)
-        except BadImage as exc:
+            image = store.put(source, image_bytes(record.image))
+        except ValueError as exc:  # BadImage, or a hub cell that is null or has no bytes
             result.errors.append(Rejected(record.source_key, "image", str(exc)))
             return None
         result.images += 1
