@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole product end to end on generated sample mirrors (no network): mirror -> catalog -> SQL.
+# The whole product end to end on generated sample mirrors (no network):
+# mirrors -> catalog -> SQL -> mixtures -> export -> DataLoader batches -> validate and report.
 set -euo pipefail
 DEMO=${DEMO:-demo}
 rm -rf "$DEMO"
@@ -20,9 +21,6 @@ ocrcat sql "SELECT source, source_key, stage, message FROM ingest_errors WHERE s
 # Charts and chat: a horizontal-bar PlotQA chart as a table; FigureQA questions sharing one image each.
 ocrcat sql "SELECT text, response FROM samples WHERE source = 'plotqa' AND meta->>'orientation' = 'horizontal' LIMIT 1"
 ocrcat sql "SELECT count(*) AS questions, count(DISTINCT image_path) AS figures FROM samples WHERE source = 'figureqa'"
-ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
-ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
-ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser
 # Mixtures: the data plan's presets as SQL views over samples, with seeded plans, exported in plan order.
 ocrcat mix load --preset
 ocrcat mix show stage2                        # rows per component before/after weighting, shares
@@ -58,3 +56,7 @@ for name in ("inputs", "targets", "images_seq_mask", "pixel_values", "crop_value
 on_device = batch.to("cpu", torch.bfloat16)  # "cuda" on a GPU machine: uint8 over the bus, normalised there
 print(f"  after to(): pixel_values {on_device.pixel_values.dtype} in [{on_device.pixel_values.min():.2f}, {on_device.pixel_values.max():.2f}]")
 PY
+# Look before spending GPU hours: the checklist (mixtures included), one sample, the HTML report.
+ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
+ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
+ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser
