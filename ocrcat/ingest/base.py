@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 class MirrorError(ValueError):
@@ -96,7 +96,6 @@ class Skipped:
 
 
 Record = Sample | Rejected | Skipped
-Reader = Callable[[Shard, dict], "Iterator[Record]"]
 
 
 def vision_prompt(prompt: str) -> str:
