@@ -10,11 +10,11 @@ import random
 from pathlib import Path
 from typing import Iterator
 
-import datasets
-
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
-from ocrcat.ingest.parquet import plan_split, read_rows, row_key, split_file_name, write_hub_parquet
+from ocrcat.ingest.parquet import (
+    IMAGE, STRING, list_of, plan_split, read_rows, row_key, split_file_name, write_hub_parquet,
+)
 
 INFO = SourceInfo(
     name="chartqa",
@@ -26,14 +26,12 @@ INFO = SourceInfo(
 )
 OPTIONS: dict[str, Option] = {}
 ORIGINS = {0: "human", 1: "machine"}
-FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(),
-        "query": datasets.Value("string"),
-        "label": datasets.List(datasets.Value("string")),
-        "human_or_machine": datasets.ClassLabel(names=["human", "machine"]),
-    }
-)
+FEATURES = {
+    "image": IMAGE,
+    "query": STRING,
+    "label": list_of(STRING),
+    "human_or_machine": {"names": ["human", "machine"], "_type": "ClassLabel"},
+}
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:

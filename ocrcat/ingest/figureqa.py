@@ -12,13 +12,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterator
 
-import datasets
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, require_files, vision_prompt
-from ocrcat.ingest.parquet import plan_files, read_rows, row_key, split_file_name, write_hub_parquet
+from ocrcat.ingest.parquet import (
+    IMAGE, STRING, list_of, plan_files, read_rows, row_key, split_file_name, write_hub_parquet,
+)
 
 INFO = SourceInfo(
     name="figureqa",
@@ -30,12 +31,10 @@ INFO = SourceInfo(
 )
 OPTIONS: dict[str, Option] = {}
 ROWS_PER_SHARD = 32  # figures; ~400 catalog rows
-FEATURES = datasets.Features(
-    {
-        "image": datasets.Image(decode=False),
-        "qa": datasets.List({"question": datasets.Value("string"), "answer": datasets.Value("string")}),
-    }
-)
+FEATURES = {
+    "image": {**IMAGE, "decode": False},  # the hub repo stores it undecoded
+    "qa": list_of({"question": STRING, "answer": STRING}),
+}
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:

@@ -13,11 +13,9 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-import datasets
-
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
-from ocrcat.ingest.parquet import plan_split, read_rows, row_key, split_file_name, write_hub_parquet
+from ocrcat.ingest.parquet import IMAGE, STRING, plan_split, read_rows, row_key, split_file_name, write_hub_parquet
 
 INFO = SourceInfo(
     name="latex_formulas",
@@ -31,7 +29,7 @@ INFO = SourceInfo(
 )
 OPTIONS = {"keep_align": Option(False, "keep the outer \\begin{align*}…\\end{align*} wrapper")}
 PROMPT = "Convert this formula to LaTeX."
-FEATURES = datasets.Features({"image": datasets.Image(), "latex_formula": datasets.Value("string")})
+FEATURES = {"image": IMAGE, "latex_formula": STRING}
 _ALIGN = re.compile(r"^\s*\\begin\{align\*\}(.*)\\end\{align\*\}\s*$", re.DOTALL)
 
 

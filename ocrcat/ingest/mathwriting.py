@@ -9,11 +9,9 @@ import random
 from pathlib import Path
 from typing import Iterator
 
-import datasets
-
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
-from ocrcat.ingest.parquet import plan_split, read_rows, row_key, write_hub_parquet
+from ocrcat.ingest.parquet import IMAGE, STRING, plan_split, read_rows, row_key, write_hub_parquet
 
 INFO = SourceInfo(
     name="mathwriting",
@@ -25,7 +23,7 @@ INFO = SourceInfo(
 )
 OPTIONS: dict[str, Option] = {}
 PROMPT = "Recognize this handwritten formula and convert to LaTeX."
-FEATURES = datasets.Features({"image": datasets.Image(), "latex": datasets.Value("string")})
+FEATURES = {"image": IMAGE, "latex": STRING}
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:

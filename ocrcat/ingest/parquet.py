@@ -1,7 +1,9 @@
 """Hub Parquet files: planning shards from footers, reading rows, the `datasets` Image encoding.
 
 On the hub an `Image` column is a struct `{bytes: binary, path: string}`, and the file's schema
-metadata (`huggingface` key) names the feature types so that `datasets` decodes it back.
+metadata (`huggingface` key) names the feature types so that `datasets` decodes it back. Sources
+describe their columns in that same serialised form (IMAGE, STRING, list_of below): `datasets`, slow
+to import, is then only loaded to write sample mirrors, never by ingest workers or the CLI.
 """
 
 from __future__ import annotations
@@ -9,13 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ocrcat.ingest.base import Shard
 
 ROWS_PER_SHARD = 256
+
+# Feature types as the hub's `huggingface` schema metadata spells them.
+IMAGE = {"_type": "Image"}
+STRING = {"dtype": "string", "_type": "Value"}
+
+
+def list_of(feature: dict) -> dict:
+    return {"feature": feature, "_type": "List"}
 
 
 def plan_files(files: list[Path], root: Path, rows_per_shard: int = ROWS_PER_SHARD) -> list[Shard]:
@@ -66,14 +75,16 @@ def image_bytes(value: Any) -> bytes:
     return data
 
 
-def write_hub_parquet(
-    path: Path, rows: list[dict], features: datasets.Features, row_group_size: int = 100
-) -> None:
+def write_hub_parquet(path: Path, rows: list[dict], features: dict, row_group_size: int = 100) -> None:
     """Write rows the way the hub stores a `datasets` split: Image structs and feature metadata.
 
-    Image values are given as encoded bytes (or None) and stored as {"bytes": …, "path": None}.
+    `features` is the serialised form ({"image": IMAGE, "query": STRING, …}). Image values are
+    given as encoded bytes (or None) and stored as {"bytes": …, "path": None}.
     """
-    image_columns = [name for name, f in features.items() if isinstance(f, datasets.Image)]
+    import datasets
+
+    image_columns = [name for name, f in features.items() if f.get("_type") == "Image"]
+    features = datasets.Features.from_dict(features)
     encoded = [
         {k: ({"bytes": v, "path": None} if k in image_columns and v is not None else v) for k, v in r.items()}
         for r in rows

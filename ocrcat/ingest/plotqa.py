@@ -16,11 +16,9 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-import datasets
-
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
-from ocrcat.ingest.parquet import plan_split, read_rows, row_key, split_file_name, write_hub_parquet
+from ocrcat.ingest.parquet import IMAGE, STRING, plan_split, read_rows, row_key, split_file_name, write_hub_parquet
 
 INFO = SourceInfo(
     name="plotqa",
@@ -32,7 +30,7 @@ INFO = SourceInfo(
 )
 OPTIONS: dict[str, Option] = {}
 HUB_SPLITS = {"train": "train", "val": "validation", "test": "test"}
-FEATURES = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+FEATURES = {"image": IMAGE, "text": STRING}
 PROMPTS = (
     "Convert this chart to a table.",
     "Extract the data of this chart as a Markdown table.",

@@ -14,11 +14,11 @@ import random
 from pathlib import Path
 from typing import Iterator
 
-import datasets
-
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import MirrorError, Option, Record, Rejected, Sample, Shard, SourceInfo
-from ocrcat.ingest.parquet import plan_split, read_rows, row_key, split_file_name, write_hub_parquet
+from ocrcat.ingest.parquet import (
+    STRING, list_of, plan_split, read_rows, row_key, split_file_name, write_hub_parquet,
+)
 
 CONFIGS = (
     "all", "smol-smoltalk", "smol-magpie-ultra", "smol-constraints", "smol-rewrite", "smol-summarize",
@@ -39,12 +39,7 @@ INFO = SourceInfo(
 OPTIONS: dict[str, Option] = {
     "config": Option("all", f"hub config: {', '.join(CONFIGS)}"),
 }
-FEATURES = datasets.Features(
-    {
-        "messages": datasets.List({"content": datasets.Value("string"), "role": datasets.Value("string")}),
-        "source": datasets.Value("string"),
-    }
-)
+FEATURES = {"messages": list_of({"content": STRING, "role": STRING}), "source": STRING}
 ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
