@@ -90,7 +90,7 @@ def init(
 
 @app.command()
 def sources(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
-    """List the sources: hub repo, files read, splits, licence and rows in the catalog.
+    """List the sources: hub repo, files read, splits, licence, options and rows in the catalog.
 
     Example: ocrcat sources --json
     """
@@ -104,16 +104,19 @@ def sources(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
                 raise
     rows = []
     for name in registry.available():
-        info = registry.get(name).INFO
+        source = registry.get(name)
+        info = source.INFO
+        options = {key: {"default": o.default, "help": o.help} for key, o in getattr(source, "OPTIONS", {}).items()}
         rows.append({"source": name, "hub_repo": info.hub_repo, "files": list(info.files),
                      "splits": list(info.splits), "licence": info.licence, "one_row_is": info.one_row_is,
-                     "rows_in_catalog": counts.get(name, 0)})
+                     "options": options, "rows_in_catalog": counts.get(name, 0)})
     if as_json:
         print_json(rows)
     else:
-        print_table(["source", "hub repo", "files", "splits", "licence", "rows"],
+        print_table(["source", "hub repo", "files", "splits", "licence", "options (-o KEY=VALUE)", "rows"],
                     [(r["source"], r["hub_repo"], " ".join(r["files"]), ",".join(r["splits"]), r["licence"],
-                      r["rows_in_catalog"]) for r in rows])
+                      " ".join(f"{k}={o['default']}" for k, o in r["options"].items()), r["rows_in_catalog"])
+                     for r in rows])
 
 
 @app.command()
@@ -193,6 +196,7 @@ def ingest(
     """Ingest sources from a mirror into the catalog. Rerun after an interruption to resume.
 
     Re-ingesting a source and split replaces its rows. Bad records go to ingest_errors.
+    Each source's options (-o KEY=VALUE) and their defaults: ocrcat sources --json.
 
     Example: ocrcat ingest chartqa mathwriting --mirror demo/mirror --workers 2 --max-error-rate 0.01
     """
