@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from ocrcat.catalog import Catalog
-from ocrcat.ingest import llava_cc3m
+from ocrcat.ingest import llava_cc3m, zipparts
+from ocrcat.ingest.base import Rejected
 from ocrcat.ingest.runner import ingest
 
 from test_catalog import png_bytes
@@ -182,10 +183,10 @@ def test_interrupted_ingest_resumes_at_the_unfinished_byte_range(tmp_path, monke
     monkeypatch.setattr(llava_cc3m, "ENTRIES_PER_SHARD", 3)
     real = llava_cc3m.to_record
 
-    def interrupted(found, index, archive):
+    def interrupted(found, index, *rest):
         if index == 7:
             raise KeyboardInterrupt
-        return real(found, index, archive)
+        return real(found, index, *rest)
 
     monkeypatch.setattr(llava_cc3m, "to_record", interrupted)
     with Catalog(catalog_dir) as cat, pytest.raises(KeyboardInterrupt):
@@ -195,3 +196,53 @@ def test_interrupted_ingest_resumes_at_the_unfinished_byte_range(tmp_path, monke
         [summary] = ingest(cat, "llava_cc3m", mirror=root)
     assert (summary.shards_resumed, summary.shards_total, summary.rows) == (2, 4, 10)
     assert sorted(catalog_rows(catalog_dir)) == sorted(f"GCC_{i}" for i in range(10))
+
+
+def test_shards_carry_only_their_entries_image_locations(tmp_path, monkeypatch):
+    entries = [entry(f"GCC_{i}") for i in range(7)] + ["not an object", entry("gone")]
+    root = write_mirror(tmp_path, entries, {f"GCC_{i}.jpg": png_bytes((20 + i, 20)) for i in range(7)})
+    monkeypatch.setattr(llava_cc3m, "ENTRIES_PER_SHARD", 4)
+    shards = llava_cc3m.plan(root / "llava_cc3m", "train", {})
+    located = [[p and zipparts.MemberLocation.unpack(p) for p in s.payload["images"]] for s in shards]
+    assert [len(x) for x in located] == [s.size for s in shards] == [4, 4, 1]
+    with zipfile.ZipFile(root / "llava_cc3m/images.zip") as z:
+        offsets = [z.getinfo(f"GCC_{i}.jpg").header_offset for i in range(7)]
+    assert [loc.offset for loc in located[0] + located[1][:3]] == offsets
+    assert located[1][3] is None and located[2] == [None]  # not an object; image not in the zip
+
+
+def test_damaged_or_oversized_members_are_image_errors(tmp_path, monkeypatch, catalog_dir):
+    good, big, bad = png_bytes((30, 20)), png_bytes((60, 60)), png_bytes((31, 20))
+    root = write_mirror(tmp_path, [entry("good"), entry("big"), entry("bad")],
+                        {"good.jpg": good, "big.jpg": big, "bad.jpg": bad})
+    path = root / "llava_cc3m/images.zip"
+    data = path.read_bytes()
+    at = data.index(bad) + len(bad) // 2
+    path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])  # one flipped byte in bad.jpg
+    monkeypatch.setattr(llava_cc3m, "MAX_IMAGE_BYTES", (len(good) + len(big)) // 2)
+    with Catalog(catalog_dir) as cat:
+        [summary] = ingest(cat, "llava_cc3m", mirror=root)
+        errors = dict(cat.con.execute("SELECT source_key, message FROM ingest_errors").fetchall())
+    assert (summary.rows, set(catalog_rows(catalog_dir))) == (1, {"good"})
+    assert f"claims {len(big)} bytes, over the" in errors["big"]
+    assert "cannot read 'bad.jpg' from images.zip" in errors["bad"] and "CRC" in errors["bad"]
+
+
+def test_zip_changed_after_planning_is_not_read_silently(tmp_path):
+    entries = [entry(f"GCC_{i}") for i in range(4)]
+    images = {f"GCC_{i}.jpg": png_bytes((20, 20)) for i in range(4)}
+    root = write_mirror(tmp_path, entries, images)
+    path = root / "llava_cc3m/images.zip"
+    [shard] = llava_cc3m.plan(root / "llava_cc3m", "train", {})
+    original = path.read_bytes()
+    with zipfile.ZipFile(path, "w") as z:  # the same members at the same offsets, in another order
+        for name in reversed(images):
+            z.writestr(name, images[name])
+    records = list(llava_cc3m.read(shard, {}))
+    assert all(isinstance(r, Rejected) and "changed since planning, rerun" in r.message for r in records)
+    with zipfile.ZipFile(io.BytesIO(original)) as z:
+        cut = z.getinfo("GCC_2.jpg").header_offset + 40
+    path.write_bytes(original[:cut])  # cut short after planning: inside GCC_2's data
+    records = list(llava_cc3m.read(shard, {}))
+    assert [type(r).__name__ for r in records] == ["Sample", "Sample", "Rejected", "Rejected"]
+    assert "cut short" in records[2].message and "no zip local header" in records[3].message
