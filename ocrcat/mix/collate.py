@@ -7,8 +7,10 @@ crosses to the training process as a few large tensors. Pixels stay uint8 until 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, fields
 
+import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
@@ -139,6 +141,15 @@ def _stack_pixels(parts: list[torch.Tensor]) -> torch.Tensor:
     if get_worker_info() is not None and n:
         storage = torch.UntypedStorage._new_shared(n * h * w * c)
         out = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (n, h, w, c))
+        if torch.multiprocessing.get_sharing_strategy() == "file_descriptor":
+            # Fill the fresh shared memory through its file, not through the mapping: write()
+            # takes whole pages in the kernel (no zeroing, no fault per 4 KB page), about 1.5x
+            # faster for a batch's ~50 MB. The training process maps the same pages.
+            fd, _ = storage._share_fd_cpu_()
+            offset = 0
+            for p in parts:
+                offset += _pwrite_all(fd, p.permute(0, 2, 3, 1).contiguous().numpy(), offset)
+            return out.permute(0, 3, 1, 2)
     else:
         out = torch.empty((n, h, w, c), dtype=torch.uint8)
     k = 0
@@ -146,6 +157,15 @@ def _stack_pixels(parts: list[torch.Tensor]) -> torch.Tensor:
         out[k:k + p.shape[0]].copy_(p.permute(0, 2, 3, 1))
         k += p.shape[0]
     return out.permute(0, 3, 1, 2)
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> int:
+    """Write all of `data` at `offset` (write() may take less than asked); the bytes written."""
+    view = memoryview(data.reshape(-1))
+    done = 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], offset + done)
+    return done
 
 
 def _as_int64(u: int) -> int:
