@@ -74,6 +74,18 @@ def test_unpacks_like_the_data_plan_loop(export_dir):  # noqa: F811
     assert pixel_values is batch.pixel_values and images_seq_mask is batch.images_seq_mask
 
 
+def test_pixels_of_another_shape_or_dtype_are_refused(export_dir):  # noqa: F811
+    # The worker path writes pixel bytes as they are: a stray part must raise, not shift the batch.
+    ds = MixtureDataset(export_dir)
+    vision = [i for i in range(len(ds)) if ds.row(i)["kind"] == "vision"][:2]
+    good, other = ds[vision[0]], ds[vision[1]]
+    base = good["global_views"].shape[-1]
+    for bad in (torch.zeros((1, 3, base // 2, base // 2), dtype=torch.uint8),
+                other["global_views"].float()):
+        with pytest.raises(ValueError, match="uint8 of shape"):
+            VisionCollator(ds.tokenizer)([good, {**other, "global_views": bad}])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_device_step_normalises_on_the_device(export_dir, dtype):  # noqa: F811
     ds = MixtureDataset(export_dir)

@@ -138,6 +138,10 @@ def _stack_pixels(parts: list[torch.Tensor]) -> torch.Tensor:
     """
     n = sum(p.shape[0] for p in parts)
     _, c, h, w = parts[0].shape
+    if any(p.shape[1:] != (c, h, w) or p.dtype != torch.uint8 for p in parts):
+        # Bytes are written as they are below: a stray shape or dtype must not pass silently.
+        raise ValueError(f"a batch's pixels must all be uint8 of shape (n, {c}, {h}, {w}), got "
+                         f"{[(tuple(p.shape), str(p.dtype)) for p in parts]}; are the items from one Dataset?")
     if get_worker_info() is not None and n:
         storage = torch.UntypedStorage._new_shared(n * h * w * c)
         out = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (n, h, w, c))
