@@ -188,6 +188,7 @@ def ingest(
     split: Annotated[Optional[list[str]], typer.Option(help="only this split (train, val, test); repeatable")] = None,
     limit: Annotated[Optional[int], typer.Option(help="at most N records per split")] = None,
     workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
+    ray: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="run the shards as tasks on a Ray cluster: HOST:PORT, auto ($RAY_ADDRESS or the cluster on this machine) or local (start one for this command)")] = None,
     config: Annotated[Optional[str], typer.Option(help="hub config, for sources that have several")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="source option KEY=VALUE; repeatable")] = None,
     max_error_rate: Annotated[Optional[float], typer.Option(help="exit 1 if more than this fraction of records fail")] = None,
@@ -200,6 +201,9 @@ def ingest(
     Each source's options (-o KEY=VALUE) and their defaults: ocrcat sources --json.
 
     Example: ocrcat ingest chartqa mathwriting --mirror demo/mirror --workers 2 --max-error-rate 0.01
+
+    On a Ray cluster (every node sees the mirror and the catalog at the same path):
+    ocrcat ingest docbank --mirror /shared/hf --ray auto
     """
     summaries: list[RunSummary] = []
     with user_errors(), Catalog(catalog, vision_mode=vision_mode) as cat:
@@ -209,7 +213,7 @@ def ingest(
             options = registry.parse_options(source, pairs)
             try:
                 summaries += run_ingest(cat, name, mirror=mirror_root, splits=split, limit=limit,
-                                        workers=workers, options=options, progress=RichProgress())
+                                        workers=workers, options=options, progress=RichProgress(), ray=ray)
             except KeyboardInterrupt:
                 err.print("[yellow]interrupted[/]: rerun the same command to resume where it stopped")
                 raise typer.Exit(130) from None

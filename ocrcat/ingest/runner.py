@@ -29,6 +29,7 @@ from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
 from ocrcat.ingest import registry
 from ocrcat.ingest.base import MirrorError, Rejected, Sample, Shard, Skipped
 from ocrcat.ingest.parquet import image_bytes
+from ocrcat.ingest.ray_pool import connect as connect_ray, run_on_ray
 
 SAMPLE_SCHEMA = pa.schema(
     [
@@ -112,11 +113,13 @@ def ingest(
     workers: int = 1,
     options: dict | None = None,
     progress: Progress | None = None,
+    ray: str | None = None,
 ) -> list[RunSummary]:
     """Ingest every requested split of one source from `<mirror>/<source>/`; one summary per split.
 
     Rerunning after an interruption with the same arguments resumes; running with other
-    arguments (or after a completed run) replaces the split's rows.
+    arguments (or after a completed run) replaces the split's rows. `ray` (an address, "auto" or
+    "local") runs the shards as tasks on a Ray cluster instead of `workers` local processes.
     """
     source = registry.get(source_name)
     info = source.INFO
@@ -127,6 +130,8 @@ def ingest(
             f"or `ocrcat sample-mirror {root.parent}`, or pass --mirror"
         )
     opts = registry.parse_options(source, []) | (options or {})
+    if ray:
+        connect_ray(ray)  # before planning: an unreachable cluster is said at once
     for split in splits or []:
         if split not in info.splits:
             raise ValueError(f"{info.name} has no split {split!r}; its splits are: {', '.join(info.splits)}")
@@ -139,7 +144,7 @@ def ingest(
             raise MirrorError(f"the mirror at {root} has no {split} files for {info.name}")
         shards = _apply_limit(shards, limit)
         summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
-                                       progress or NoProgress()))
+                                       progress or NoProgress(), ray))
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
     return summaries
@@ -175,6 +180,7 @@ def _ingest_split(
     limit: int | None,
     workers: int,
     progress: Progress,
+    ray: str | None = None,
 ) -> RunSummary:
     con = catalog.con
     fingerprint = _fingerprint(source, split, options, limit, catalog.vision_mode)
@@ -216,7 +222,7 @@ def _ingest_split(
 
     started = time.perf_counter()
     try:
-        for result in _process(pending, source, split, catalog.dir, catalog.vision_mode, options, workers):
+        for result in _process(pending, source, split, catalog.dir, catalog.vision_mode, options, workers, ray):
             rows, errors = _commit_shard(catalog, source, split, fingerprint, run_id, result)
             summary.rows += rows
             summary.errors += errors
@@ -255,10 +261,15 @@ def sweep_images(catalog: Catalog, source: str) -> int:
 
 
 def _process(
-    shards: list[Shard], source: str, split: str, catalog_dir: Path, mode: str, options: dict, workers: int
+    shards: list[Shard], source: str, split: str, catalog_dir: Path, mode: str, options: dict, workers: int,
+    ray: str | None = None,
 ) -> Iterator[ShardResult]:
-    """Results of `process_shard` for every shard, in completion order, in `workers` processes."""
+    """Results of `process_shard` for every shard, in completion order, in `workers` processes
+    (or as tasks on the Ray cluster at `ray`)."""
     args = (source, split, str(catalog_dir), mode, options)
+    if ray:
+        yield from run_on_ray(shards, process_shard, args, ray)
+        return
     if workers <= 1 or len(shards) <= 1:
         for shard in shards:
             yield process_shard(shard, *args)
