@@ -556,26 +556,42 @@ def mix_drop(name: Annotated[str, typer.Argument(help="mixture name")], catalog:
 @app.command("export")
 def export(
     name: Annotated[str, typer.Argument(help="mixture name")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="output folder")],
+    out: Annotated[str, typer.Option("--out", "-o", help="output folder (with --embed-images also s3://bucket/prefix)")],
     format: Annotated[str, typer.Option("--format", help="parquet or jsonl")] = "parquet",
     split: Annotated[Optional[str], typer.Option(help="apply the mixture to this split only (train, val, test)")] = None,
     relative_paths: Annotated[bool, typer.Option("--relative-paths", help="image paths relative to the catalog folder")] = False,
+    embed_images: Annotated[bool, typer.Option("--embed-images", help="put the image bytes in the rows (hub Image encoding), in shards for streaming")] = False,
+    shard_mb: Annotated[int, typer.Option("--shard-mb", help="with --embed-images: size of a shard")] = 256,
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a mixture's plan in order (every column a trainer needs) and manifest.json to a folder.
 
     Example: ocrcat export stage2 --out exports/stage2 --split train
+
+    For training on other machines, with the images inside (credentials and endpoint of object
+    storage from the standard AWS environment variables):
+    ocrcat export stage2 --embed-images --out s3://my-bucket/stage2 --split train
     """
+    from ocrcat.mix.embed import export_embedded
     from ocrcat.mix.export import export_mixture
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
-        manifest = export_mixture(cat, name, out, format, split, relative_paths)
+        if embed_images:
+            if format != "parquet" or relative_paths:
+                raise typer.BadParameter("--embed-images writes Parquet with the images inside: "
+                                         "drop --format and --relative-paths")
+            manifest = export_embedded(cat, name, out, split, shard_mb)
+        else:
+            manifest = export_mixture(cat, name, out, format, split, relative_paths)
     if as_json:
         print_json(manifest)
+    elif embed_images:
+        console.print(f"wrote {manifest['rows']} rows with their images in {len(manifest['shards'])} shards "
+                      f"and manifest.json to {out}", highlight=False)
     else:
         entry = manifest["exports"][split or "all"]
-        console.print(f"wrote {entry['rows']} rows to {out / entry['file']} and {out / 'manifest.json'}")
+        console.print(f"wrote {entry['rows']} rows to {Path(out) / entry['file']} and {Path(out) / 'manifest.json'}")
 
 
 if __name__ == "__main__":
