@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench browser
+.PHONY: setup demo test bench browser services services-stop
 
 setup: $(VENV)/.installed
 
@@ -31,3 +31,12 @@ browser:
 
 bench: setup
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# PostgreSQL, an S3 server (moto) and a two-node Ray cluster on 127.0.0.1, for the scale-out tests
+# (tests/test_ray.py, tests/test_shared_catalog.py) and for trying a shared catalog by hand:
+#   make services && eval "$$(scripts/services.sh env)" && make test
+services: setup
+	PYTHON=$(CURDIR)/$(PY) scripts/services.sh start
+
+services-stop:
+	PYTHON=$(CURDIR)/$(PY) scripts/services.sh stop
