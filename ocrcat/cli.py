@@ -555,22 +555,104 @@ def export(
     format: Annotated[str, typer.Option("--format", help="parquet or jsonl")] = "parquet",
     split: Annotated[Optional[str], typer.Option(help="apply the mixture to this split only (train, val, test)")] = None,
     relative_paths: Annotated[bool, typer.Option("--relative-paths", help="image paths relative to the catalog folder")] = False,
+    at: Annotated[Optional[int], typer.Option("--at", metavar="SNAPSHOT",
+                                              help="export the catalog as it was at this snapshot (ocrcat history)")] = None,
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a mixture's plan in order (every column a trainer needs) and manifest.json to a folder.
 
-    Example: ocrcat export stage2 --out exports/stage2 --split train
+    The manifest names the catalog snapshot it was read from; --at SNAPSHOT writes the same bytes again.
+
+    Example: ocrcat export stage2 --out exports/stage2 --split train --at 42
     """
     from ocrcat.mix.export import export_mixture
 
-    with user_errors(), Catalog(catalog, read_only=True) as cat:
+    with user_errors(), Catalog(catalog, read_only=True, at=at) as cat:
         manifest = export_mixture(cat, name, out, format, split, relative_paths)
     if as_json:
         print_json(manifest)
     else:
         entry = manifest["exports"][split or "all"]
         console.print(f"wrote {entry['rows']} rows to {out / entry['file']} and {out / 'manifest.json'}")
+
+
+@app.command()
+def history(
+    all_: Annotated[bool, typer.Option("--all", help="also list the per-shard commits of ingests")] = False,
+    limit: Annotated[int, typer.Option(help="at most this many snapshots, newest first")] = 30,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The catalog's snapshots, newest first: every ingest, mixture change, rollback and compaction.
+
+    Any listed snapshot can be exported (ocrcat export NAME --at N) or restored (ocrcat rollback N).
+
+    Example: ocrcat history --limit 10
+    """
+    from ocrcat.catalog.snapshots import history as snapshot_history
+
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        rows = snapshot_history(cat, shards=all_, limit=limit)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(["snapshot", "time (UTC)", "what", "changes"],
+                    [(r["snapshot"], r["time"], r["message"], r["changes"]) for r in rows], title=f"history of {cat.dir}")
+
+
+@app.command()
+def rollback(
+    snapshot: Annotated[int, typer.Argument(metavar="SNAPSHOT", help="snapshot id from ocrcat history")],
+    catalog: CatalogOpt = None,
+) -> None:
+    """Restore the catalog to an earlier snapshot: rows, runs, errors, mixtures and their views.
+
+    The rollback is itself a new snapshot, so it can be undone by rolling back to the one before it.
+    Image files are kept as long as a kept snapshot references them.
+
+    Example: ocrcat rollback 41
+    """
+    from ocrcat.catalog.snapshots import rollback as restore
+
+    with user_errors(), Catalog(catalog) as cat:
+        made = restore(cat, snapshot)
+    console.print(f"restored snapshot {snapshot} as snapshot {made}; undo with: ocrcat rollback {made - 1}")
+
+
+@app.command()
+def compact(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """Merge small data files, expire the per-shard snapshots of ended ingests, delete files and
+    images that no kept snapshot needs. Every ingest ends with this; run it after interrupted ones.
+
+    Example: ocrcat compact
+    """
+    from ocrcat.catalog.snapshots import compact as run_compact
+
+    with user_errors(), Catalog(catalog) as cat:
+        result = run_compact(cat)
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"data files {result['data_files_before']} -> {result['data_files_after']}, "
+                      f"{result['expired_snapshots']} shard snapshots expired, {result['images_swept']} image files swept")
+
+
+@app.command()
+def migrate(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """Convert a catalog of the first version (catalog.duckdb) into the lake, without re-ingesting.
+
+    Example: ocrcat migrate --catalog ocrcat-data && ocrcat validate --catalog ocrcat-data
+    """
+    from ocrcat.catalog.migrate import migrate as run_migrate
+
+    with user_errors():
+        counts = run_migrate(catalog)
+    if as_json:
+        print_json(counts)
+    else:
+        console.print("migrated " + ", ".join(f"{table} {n}" for table, n in counts.items())
+                      + "; the old file is now catalog.duckdb.migrated (delete it when satisfied)")
 
 
 if __name__ == "__main__":

@@ -117,4 +117,6 @@ def test_samples_has_every_spec_column(tmp_path):
         "image_sha256", "image_format", "image_width", "image_height", "image_bytes", "image_tokens", "meta",
         "ingest_run",
     ]
-    assert os.path.exists(tmp_path / "catalog.duckdb")
+    # The lake: metadata in SQLite, data under lake/; no single-file DuckDB catalog.
+    assert os.path.exists(tmp_path / "catalog.sqlite")
+    assert not os.path.exists(tmp_path / "catalog.duckdb")

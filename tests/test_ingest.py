@@ -269,22 +269,36 @@ HOLDER = textwrap.dedent(
 )
 
 
-def test_second_writer_gets_catalog_in_use(sample_mirror_factory, tmp_path, catalog_dir):
+def test_writers_of_other_splits_proceed_same_split_is_refused(sample_mirror_factory, tmp_path, catalog_dir):
+    """While one ingest runs: another source ingests to the end, readers read, and a second
+    ingest of the same source and split is refused with a message (nothing of it written)."""
     root = sample_mirror_factory("mathwriting")
     started, release = tmp_path / "started", tmp_path / "release"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(catalog_dir), str(root), str(started), str(release)])
+    common = ["--catalog", str(catalog_dir)]
     try:
         deadline = time.time() + 60
         while not started.exists() and time.time() < deadline:
             time.sleep(0.05)
         assert started.exists()
-        second = subprocess.run(OCRCAT + ["ingest", "chartqa", "--mirror", str(sample_mirror_factory("chartqa")),
-                                          "--catalog", str(catalog_dir)], capture_output=True, text=True)
-        assert second.returncode == 2
-        assert "is in use by another ocrcat process" in second.stderr
+        other = subprocess.run(OCRCAT + ["ingest", "chartqa", "--mirror", str(sample_mirror_factory("chartqa"))]
+                               + common, capture_output=True, text=True)
+        assert other.returncode == 0, other.stderr
+        same = subprocess.run(OCRCAT + ["ingest", "mathwriting", "--mirror", str(root)] + common,
+                              capture_output=True, text=True)
+        assert same.returncode == 2
+        assert "mathwriting/train is being ingested" in same.stderr and "by another process" in same.stderr
+        counted = subprocess.run(OCRCAT + ["sql", "SELECT source, count(*) AS n FROM samples GROUP BY 1", "--json"]
+                                 + common, capture_output=True, text=True)
+        assert counted.returncode == 0, counted.stderr
+        assert json.loads(counted.stdout) == [{"source": "chartqa", "n": 40}]
     finally:
         release.touch()
         assert holder.wait(timeout=120) == 0
+    with Catalog(catalog_dir, read_only=True) as cat:
+        assert dict(cat.con.execute("SELECT source, count(*) FROM samples GROUP BY 1").fetchall()) == {
+            "chartqa": 40, "mathwriting": 40}
+        assert cat.con.execute("SELECT count(*) FROM ingest_runs WHERE status <> 'completed'").fetchone()[0] == 0
 
 
 def test_sql_is_read_only_unless_write(sample_mirror_factory, catalog_dir):

@@ -57,7 +57,7 @@ class CheckResult:
 def validate(catalog: Catalog, sources: list[str] | None = None, deep: bool = False,
              mixtures: bool = True, threads: int | None = None) -> list[CheckResult]:
     """Run every check (with `deep`, also decode every image); one result per source and check."""
-    con = catalog.con.cursor()  # its own connection: the helper tables it registers stay private
+    con = catalog.cursor()  # its own connection: the helper tables it registers stay private
     present = [s for (s,) in con.execute("SELECT DISTINCT source FROM samples ORDER BY 1").fetchall()]
     if sources:
         missing = sorted(set(sources) - set(present))
@@ -241,6 +241,7 @@ def image_problem(root: str, path: str, sha256: str | None, width: int | None, h
 def _batches(con, query: str, params: list) -> Iterator[list[tuple]]:
     """Rows of `query` in batches, so that a catalog of millions of rows never sits in memory."""
     cursor = con.cursor()  # its own cursor: the caller may query `con` between batches
+    cursor.execute("USE lake")  # a cursor starts in DuckDB's in-memory database, not the catalog
     try:
         cursor.execute(query, params)
         while batch := cursor.fetchmany(BATCH):

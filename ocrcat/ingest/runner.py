@@ -5,8 +5,9 @@ images and map its records to rows; the main process, the only one with the Duck
 writes each shard's rows, errors and a "shard done" mark in one transaction. So a crash leaves
 whole shards or nothing, and rerunning the same command skips the shards already done.
 
-Images are written to their content address before their rows commit; files that no row
-references (from a killed run, or a replaced one) are swept when the run completes.
+Images are written to their content address before their rows commit; files that no kept
+snapshot references (from a killed run, or a replaced one once its snapshots expire) are swept by
+the compaction that ends every ingest (`ocrcat.catalog.snapshots.compact`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pyarrow as pa
 from ocrcat import vision
 from ocrcat.catalog import Catalog, ImageStore, sample_id
 from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
+from ocrcat.catalog.snapshots import compact
 from ocrcat.ingest import registry
 from ocrcat.ingest.base import MirrorError, Rejected, Sample, Shard, Skipped
 from ocrcat.ingest.parquet import image_bytes
@@ -138,10 +140,18 @@ def ingest(
                 continue  # a mirror may hold only some splits; ingest those it has
             raise MirrorError(f"the mirror at {root} has no {split} files for {info.name}")
         shards = _apply_limit(shards, limit)
-        summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
-                                       progress or NoProgress()))
+        # Ingests of other sources or splits run side by side; two of the same split would
+        # replace each other's rows, so the second is refused while the first runs.
+        busy = (f"{info.name}/{split} is being ingested into {catalog.dir} by another process; wait for it "
+                "to finish (or stop it), then rerun: an interrupted run resumes")
+        with catalog.exclusive(f"ingest-{info.name}-{split}", busy):
+            summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
+                                           progress or NoProgress()))
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
+    # One commit per shard leaves many small files and snapshots: merge them, expire the shard
+    # snapshots, and sweep image files that no kept snapshot references.
+    compact(catalog)
     return summaries
 
 
@@ -178,25 +188,30 @@ def _ingest_split(
 ) -> RunSummary:
     con = catalog.con
     fingerprint = _fingerprint(source, split, options, limit, catalog.vision_mode)
-    last = con.execute(
-        "SELECT run_id, status, fingerprint FROM ingest_runs WHERE source = ? AND split = ? "
-        "ORDER BY run_id DESC LIMIT 1",
-        [source, split],
-    ).fetchone()
-    resume = last is not None and last[1] != "completed" and last[2] == fingerprint
-    con.execute("BEGIN")
-    if not resume:
-        # A fresh run replaces whatever the catalog holds for this source and split.
-        for table in ("samples", "ingest_errors", "ingest_shards"):
-            con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
-    run_id = con.execute(
-        "INSERT INTO ingest_runs (source, split, fingerprint, arguments, started_at, status, resumed_from) "
-        "VALUES (?, ?, ?, ?, now(), 'running', ?) RETURNING run_id",
-        [source, split, fingerprint, json.dumps({"options": options, "limit": limit, "workers": workers},
-                                                default=str),
-         last[0] if resume else None],
-    ).fetchone()[0]
-    con.execute("COMMIT")
+    arguments = json.dumps({"options": options, "limit": limit, "workers": workers}, default=str)
+
+    def start(con) -> tuple[int, bool]:
+        last = con.execute(
+            "SELECT run_id, status, fingerprint FROM ingest_runs WHERE source = ? AND split = ? "
+            "ORDER BY run_id DESC LIMIT 1",
+            [source, split],
+        ).fetchone()
+        resume = last is not None and last[1] != "completed" and last[2] == fingerprint
+        if not resume:
+            # A fresh run replaces whatever the catalog holds for this source and split.
+            for table in ("samples", "ingest_errors", "ingest_shards"):
+                con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
+        # No sequences in the lake: max + 1, safe because commits take turns (Catalog.commit).
+        run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchone()[0]
+        con.execute(
+            "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status, "
+            "resumed_from) VALUES (?, ?, ?, ?, ?, now(), 'running', ?)",
+            [run_id, source, split, fingerprint, arguments, last[0] if resume else None],
+        )
+        return run_id, resume
+
+    run_id, _ = catalog.commit(start, f"ingest {source}/{split}: start", kind="run-start",
+                               source=source, split=split)
 
     done = {
         key: (rows, errors, skipped)
@@ -233,25 +248,18 @@ def _ingest_split(
     finally:
         summary.seconds = time.perf_counter() - started
         progress.finish()
-        con.execute(
-            "UPDATE ingest_runs SET status = ?, finished_at = now(), rows = ?, errors = ?, skipped = ? "
-            "WHERE run_id = ?",
-            [summary.status, summary.rows, summary.errors, summary.skipped, run_id],
-        )
-        if summary.status == "completed":
-            sweep_images(catalog, source)
+
+        def finish(con):
+            con.execute(
+                "UPDATE ingest_runs SET status = ?, finished_at = now(), rows = ?, errors = ?, skipped = ?, "
+                "snapshot = ? WHERE run_id = ?",
+                [summary.status, summary.rows, summary.errors, summary.skipped, catalog.next_snapshot(), run_id],
+            )
+
+        catalog.commit(finish, f"ingest {source}/{split}: {summary.status}, {summary.rows} rows "
+                               f"(run {run_id})", kind="run-end", run_id=run_id, source=source, split=split,
+                       status=summary.status)
     return summary
-
-
-def sweep_images(catalog: Catalog, source: str) -> int:
-    """Delete image files of `source` that no row references (leftovers of killed or replaced runs)."""
-    keep = {
-        path
-        for (path,) in catalog.con.execute(
-            "SELECT DISTINCT image_path FROM samples WHERE source = ? AND image_path IS NOT NULL", [source]
-        ).fetchall()
-    }
-    return catalog.images.sweep(source, keep)
 
 
 def _process(
@@ -340,7 +348,6 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
 def _commit_shard(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
                   result: ShardResult) -> tuple[int, int]:
     """Write a shard's rows, errors and done-mark in one transaction; returns (rows, errors)."""
-    con = catalog.con
     errors = list(result.errors)
     rows, seen = [], set()
     for row in result.rows:
@@ -350,35 +357,37 @@ def _commit_shard(catalog: Catalog, source: str, split: str, fingerprint: str, r
         seen.add(row["sample_id"])
         rows.append({**row, "ingest_run": run_id})
     batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
-    con.execute("BEGIN")
-    try:
+
+    def write(con) -> tuple[int, int]:
+        found = list(errors)
         con.register("shard_batch", batch)
-        # The primary key does the duplicate check: no scan of the whole table per shard.
-        inserted = con.execute("INSERT OR IGNORE INTO samples SELECT * FROM shard_batch").fetchone()[0]
-        if inserted < len(rows):
-            # Rare: ids already in the catalog (a source repeating a key). Undo, name them, insert the rest.
-            con.execute("ROLLBACK")
-            con.execute("BEGIN")
-            con.register("shard_batch", batch)  # the rollback dropped it
+        try:
+            # No primary key in the lake: ids already in this split (a source repeating a key across
+            # shards) are found by a semi-join against the split's ids, and the first row is kept.
             existing = con.execute(
-                "SELECT source_key FROM shard_batch WHERE sample_id IN (SELECT sample_id FROM samples) "
-                "ORDER BY source_key"
+                "SELECT source_key FROM shard_batch WHERE sample_id IN "
+                "(SELECT sample_id FROM samples WHERE source = ? AND split = ?) ORDER BY source_key",
+                [source, split],
             ).fetchall()
             for (key,) in existing:
-                errors.append(Rejected(key, "insert", "duplicate source_key: already in the catalog; first kept"))
-            inserted = con.execute("INSERT OR IGNORE INTO samples SELECT * FROM shard_batch").fetchone()[0]
-        if errors:
-            con.executemany(
-                "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
-                [[run_id, source, split, e.source_key, e.stage, e.message] for e in errors],
+                found.append(Rejected(key, "insert", "duplicate source_key: already in the catalog; first kept"))
+            inserted = con.execute(
+                "INSERT INTO samples SELECT * FROM shard_batch WHERE sample_id NOT IN "
+                "(SELECT sample_id FROM samples WHERE source = ? AND split = ?)",
+                [source, split],
+            ).fetchone()[0] if existing else con.execute("INSERT INTO samples SELECT * FROM shard_batch").fetchone()[0]
+            if found:
+                con.executemany(
+                    "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
+                    [[run_id, source, split, e.source_key, e.stage, e.message] for e in found],
+                )
+            con.execute(
+                "INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [source, split, fingerprint, result.shard_key, run_id, inserted, len(found), result.skipped],
             )
-        con.execute(
-            "INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [source, split, fingerprint, result.shard_key, run_id, inserted, len(errors), result.skipped],
-        )
-        con.unregister("shard_batch")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return inserted, len(errors)
+        finally:
+            con.unregister("shard_batch")
+        return inserted, len(found)
+
+    return catalog.commit(write, f"ingest {source}/{split}: shard {result.shard_key} (run {run_id})",
+                          kind="shard", run_id=run_id)

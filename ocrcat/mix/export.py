@@ -4,7 +4,8 @@ Files in the output folder:
 - `<name>.<split or all>.parquet` (row groups of ROW_GROUP rows, so that reading one position
   decodes at most that many rows) or `.jsonl` (the data plan's index format: "text", "response",
   "image_path" first, then the other columns);
-- `manifest.json`: the definition, seed, vision mode, catalog and its state, row counts, files.
+- `manifest.json`: the definition, seed, vision mode, catalog and its state (the lake snapshot read:
+  `ocrcat export NAME --at SNAPSHOT` writes the same bytes again later), row counts, files.
 
 Data files are written by pyarrow / json from an ordered stream with fixed row-group boundaries,
 so the same plan exported twice gives byte-identical files. Each file appears under its final
@@ -96,6 +97,17 @@ def export_mixture(
     `memory_limit` caps DuckDB while it sorts the joined rows into plan order (it spills to disk
     beyond it) and is restored afterwards; without a cap DuckDB may take most of the machine's RAM.
     """
+    # Everything is read in one transaction, so from one snapshot, whatever commits meanwhile;
+    # the manifest names it, and `Catalog(at=snapshot)` reads the very same state later.
+    catalog.con.execute("BEGIN TRANSACTION")
+    try:
+        return _export(catalog, name, out, format, split, relative_paths, memory_limit)
+    finally:
+        catalog.con.execute("ROLLBACK")
+
+
+def _export(catalog: Catalog, name: str, out, format: str, split: str | None, relative_paths: bool,
+            memory_limit: str | None) -> dict:
     if format not in FORMATS:
         raise MixtureError(f"unknown export format {format!r}; use parquet or jsonl")
     definition = get_mixture(catalog, name)
@@ -131,6 +143,7 @@ def export_mixture(
         "vision_mode": catalog.vision_mode,
         "catalog": str(root),
         "catalog_state": catalog_state(catalog),
+        "snapshot": catalog.snapshot(),
         "image_root": str(root),
         "relative_paths": relative_paths,
         "format": format,
@@ -156,7 +169,7 @@ def _earlier_exports(path: Path, manifest: dict) -> dict:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    same = ("mixture", "vision_mode", "catalog", "catalog_state", "relative_paths", "format", "columns")
+    same = ("mixture", "vision_mode", "catalog", "catalog_state", "snapshot", "relative_paths", "format", "columns")
     if any(old.get(k) != manifest[k] for k in same) or not isinstance(old.get("exports"), dict):
         return {}
     return {k: e for k, e in old["exports"].items() if (path.parent / e.get("file", "")).is_file()}
