@@ -32,20 +32,26 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS samples (\n  "
     + ",\n  ".join(f"{name} {type_}" for name, type_ in SAMPLE_COLUMNS)
     + "\n)",
-    "CREATE SEQUENCE IF NOT EXISTS ingest_run_ids START 1",
+    # The rows of unfinished ingest runs, shard by shard; a run that completes moves its split's
+    # rows into `samples` in one commit (so readers never see a half-replaced split).
+    "CREATE TABLE IF NOT EXISTS samples_pending (\n  "
+    + ",\n  ".join(f"{name} {type_.replace(' PRIMARY KEY', '')}" for name, type_ in SAMPLE_COLUMNS)
+    + "\n)",
+    # run_id is allocated by the ingest runner (max + 1 inside its transaction): no sequence needed.
     """CREATE TABLE IF NOT EXISTS ingest_runs (
-        run_id INTEGER PRIMARY KEY DEFAULT nextval('ingest_run_ids'),
+        run_id INTEGER PRIMARY KEY,
         source VARCHAR NOT NULL,
         split VARCHAR NOT NULL,
         fingerprint VARCHAR NOT NULL,  -- hash of the arguments that shape the rows
         arguments JSON NOT NULL,
         started_at TIMESTAMP NOT NULL,
         finished_at TIMESTAMP,
-        status VARCHAR NOT NULL,       -- running | completed | failed
+        status VARCHAR NOT NULL,       -- running | completed | failed | interrupted
         rows BIGINT DEFAULT 0,
         errors BIGINT DEFAULT 0,
         skipped BIGINT DEFAULT 0,
-        resumed_from INTEGER           -- the unfinished run this one continued, if any
+        resumed_from INTEGER,          -- the unfinished run this one continued, if any
+        message VARCHAR                -- why it failed or stopped, as the CLI printed it
     )""",
     """CREATE TABLE IF NOT EXISTS ingest_errors (
         run_id INTEGER NOT NULL,
@@ -84,3 +90,6 @@ DDL = [
         PRIMARY KEY (mixture, name)
     )""",
 ]
+
+# Columns added after a table was first released: (table, column, type), added to older catalogs.
+ADDED_COLUMNS = [("ingest_runs", "message", "VARCHAR")]

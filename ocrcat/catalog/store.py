@@ -11,7 +11,7 @@ import duckdb
 
 from ocrcat import vision
 from ocrcat.catalog.images import ImageStore
-from ocrcat.catalog.schema import DDL, SCHEMA_VERSION
+from ocrcat.catalog.schema import ADDED_COLUMNS, DDL, SCHEMA_VERSION
 
 DEFAULT_DIR = "ocrcat-data"
 DB_NAME = "catalog.duckdb"
@@ -64,6 +64,7 @@ class Catalog:
         if not read_only:
             for statement in DDL:
                 self.con.execute(statement)
+            self._add_missing_columns()
             self._init_info(vision_mode)
         self.vision_mode = self.info("vision_mode") or vision.DEFAULT_MODE
         if vision_mode and vision_mode != self.vision_mode:
@@ -78,6 +79,16 @@ class Catalog:
             mode = vision.get_mode(vision_mode or vision.DEFAULT_MODE).name
             self.set_info("vision_mode", mode)
             self.set_info("schema_version", str(SCHEMA_VERSION))
+
+    def _add_missing_columns(self) -> None:
+        added = False
+        for table, column, type_ in ADDED_COLUMNS:
+            if not self.con.execute("SELECT 1 FROM information_schema.columns WHERE table_name = ? AND "
+                                    "column_name = ?", [table, column]).fetchone():
+                self.con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {type_}")
+                added = True
+        if added:
+            self.con.execute("CHECKPOINT")  # DuckDB 1.5 cannot replay this ALTER from its WAL read-only
 
     def info(self, key: str) -> str | None:
         row = self.con.execute("SELECT value FROM catalog_info WHERE key = ?", [key]).fetchone()

@@ -1,9 +1,16 @@
 """The ingest machinery shared by every source.
 
 A split of a source is planned into shards. Worker processes read a shard, validate and store its
-images and map its records to rows; the main process, the only one with the DuckDB connection,
-writes each shard's rows, errors and a "shard done" mark in one transaction. So a crash leaves
-whole shards or nothing, and rerunning the same command skips the shards already done.
+images and map its records to rows; the main process, the only one with the catalog connection,
+writes each shard's rows (into `samples_pending`), errors and a "shard done" mark in one
+transaction. So a crash leaves whole shards or nothing, and rerunning the same command skips the
+shards already done. When every shard is done and the error rate is within `--max-error-rate`,
+one last transaction replaces the split's rows in `samples` by the pending ones: readers see the
+old rows until then, and a failed run never changes them.
+
+Bad records (a truncated image, a missing field) become `ingest_errors` rows and the rest of the
+shard lands. Faults (an I/O error, a full disk, a corrupt file, a worker that dies) fail the
+whole shard and the run, with a message naming the shard, the file and the cause.
 
 Images are written to their content address before their rows commit; files that no row
 references (from a killed run, or a replaced one) are swept when the run completes.
@@ -11,12 +18,19 @@ references (from a killed run, or a replaced one) are swept when the run complet
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import itertools
 import json
 import multiprocessing
+import os
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -52,6 +66,19 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 assert SAMPLE_SCHEMA.names == SAMPLE_COLUMN_NAMES
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class IngestFailed(RuntimeError):
+    """A run that ended `failed`; the message names the split, shard, file and real cause."""
+
+
+class ErrorRateExceeded(IngestFailed):
+    """More records were rejected than --max-error-rate allows; the old rows stay."""
+
+
+class ShardFault(Exception):
+    """Raised in a worker when a shard as a whole cannot be read or written (picklable: one str)."""
 
 
 @dataclass
@@ -61,6 +88,12 @@ class ShardResult:
     errors: list[Rejected] = field(default_factory=list)
     skipped: int = 0
     images: int = 0
+    landed: int = 0  # filled in by the commit: rows inserted, error rows written
+    rejected: int = 0
+
+    @property
+    def records(self) -> int:
+        return self.landed + self.rejected + self.skipped
 
 
 @dataclass
@@ -112,37 +145,60 @@ def ingest(
     workers: int = 1,
     options: dict | None = None,
     progress: Progress | None = None,
+    max_error_rate: float | None = None,
 ) -> list[RunSummary]:
     """Ingest every requested split of one source from `<mirror>/<source>/`; one summary per split.
 
-    Rerunning after an interruption with the same arguments resumes; running with other
-    arguments (or after a completed run) replaces the split's rows.
+    Each split's rows replace the old ones in one commit at the end of its run, and only when the
+    run completes with at most `max_error_rate` of its records rejected; otherwise IngestFailed.
+    Rerunning after an interruption or a fault with the same arguments resumes.
     """
+    root = check_request(catalog.dir, source_name, mirror, splits, limit)
     source = registry.get(source_name)
     info = source.INFO
-    root = Path(mirror or catalog.dir / "mirror") / info.name
-    if not root.is_dir():
-        raise MirrorError(
-            f"no mirror of {info.name} at {root}; run `ocrcat fetch {info.name}` "
-            f"or `ocrcat sample-mirror {root.parent}`, or pass --mirror"
-        )
     opts = registry.parse_options(source, []) | (options or {})
-    for split in splits or []:
-        if split not in info.splits:
-            raise ValueError(f"{info.name} has no split {split!r}; its splits are: {', '.join(info.splits)}")
     summaries = []
     for split in splits or list(info.splits):
-        shards = source.plan(root, split, opts)
+        shards = _plan(source, root, split, opts)
         if not shards:
             if splits is None:
                 continue  # a mirror may hold only some splits; ingest those it has
             raise MirrorError(f"the mirror at {root} has no {split} files for {info.name}")
         shards = _apply_limit(shards, limit)
         summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
-                                       progress or NoProgress()))
+                                       progress or NoProgress(), max_error_rate))
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
     return summaries
+
+
+def check_request(catalog_dir: str | Path, source_name: str, mirror: str | Path | None,
+                  splits: list[str] | None, limit: int | None) -> Path:
+    """Check what a user asked for before anything is created; returns the source's mirror folder."""
+    info = registry.get(source_name).INFO
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be 1 or more (got {limit}); leave it out to ingest every record")
+    for split in splits or []:
+        if split not in info.splits:
+            raise ValueError(f"{info.name} has no split {split!r}; its splits are: {', '.join(info.splits)}")
+    root = Path(mirror or Path(catalog_dir) / "mirror") / info.name
+    if not root.is_dir():
+        raise MirrorError(
+            f"no mirror of {info.name} at {root}; run `ocrcat fetch {info.name}` "
+            f"or `ocrcat sample-mirror {root.parent}`, or pass --mirror"
+        )
+    return root
+
+
+def _plan(source, root: Path, split: str, options: dict) -> list[Shard]:
+    """The source's shards; a file that cannot be planned (corrupt, wrong schema) fails the run."""
+    try:
+        return source.plan(root, split, options)
+    except (MirrorError, ValueError, IngestFailed):
+        raise
+    except Exception as exc:
+        raise IngestFailed(f"{source.INFO.name}/{split}: planning failed: {_cause(exc)}; "
+                           "nothing was written; fix or re-fetch that file and rerun") from None
 
 
 def _apply_limit(shards: list[Shard], limit: int | None) -> list[Shard]:
@@ -175,37 +231,11 @@ def _ingest_split(
     limit: int | None,
     workers: int,
     progress: Progress,
+    max_error_rate: float | None,
 ) -> RunSummary:
-    con = catalog.con
     fingerprint = _fingerprint(source, split, options, limit, catalog.vision_mode)
-    last = con.execute(
-        "SELECT run_id, status, fingerprint FROM ingest_runs WHERE source = ? AND split = ? "
-        "ORDER BY run_id DESC LIMIT 1",
-        [source, split],
-    ).fetchone()
-    resume = last is not None and last[1] != "completed" and last[2] == fingerprint
-    con.execute("BEGIN")
-    if not resume:
-        # A fresh run replaces whatever the catalog holds for this source and split.
-        for table in ("samples", "ingest_errors", "ingest_shards"):
-            con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
-    run_id = con.execute(
-        "INSERT INTO ingest_runs (source, split, fingerprint, arguments, started_at, status, resumed_from) "
-        "VALUES (?, ?, ?, ?, now(), 'running', ?) RETURNING run_id",
-        [source, split, fingerprint, json.dumps({"options": options, "limit": limit, "workers": workers},
-                                                default=str),
-         last[0] if resume else None],
-    ).fetchone()[0]
-    con.execute("COMMIT")
-
-    done = {
-        key: (rows, errors, skipped)
-        for key, rows, errors, skipped in con.execute(
-            "SELECT shard_key, rows, errors, skipped FROM ingest_shards "
-            "WHERE source = ? AND split = ? AND fingerprint = ?",
-            [source, split, fingerprint],
-        ).fetchall()
-    }
+    arguments = {"options": options, "limit": limit, "workers": workers, "max_error_rate": max_error_rate}
+    run_id, done = _start_run(catalog.con, source, split, fingerprint, arguments)
     summary = RunSummary(run_id, source, split, shards_total=len(shards), shards_resumed=len(done))
     for rows, errors, skipped in done.values():
         summary.rows += rows
@@ -215,82 +245,306 @@ def _ingest_split(
     progress.start(source, split, sum(s.size for s in shards), sum(s.size for s in shards if s.key in done))
 
     started = time.perf_counter()
+    message = None
     try:
-        for result in _process(pending, source, split, catalog.dir, catalog.vision_mode, options, workers):
-            rows, errors = _commit_shard(catalog, source, split, fingerprint, run_id, result)
-            summary.rows += rows
-            summary.errors += errors
-            summary.skipped += result.skipped
-            summary.images += result.images
-            progress.advance(rows + errors + result.skipped, rows, errors, result.images)
+        results = _process(pending, source, split, catalog.dir, catalog.vision_mode, options, workers)
+        with closing(results):  # an early exit kills the workers now, not when garbage is collected
+            for result in results:
+                _land_shard(catalog, source, split, fingerprint, run_id, result, summary)
+                progress.advance(result.records, result.landed, result.rejected, result.images)
+        if max_error_rate is not None and summary.error_rate > max_error_rate:
+            raise ErrorRateExceeded(
+                f"{source}/{split}: {summary.errors} of {summary.rows + summary.errors} records rejected "
+                f"(error rate {summary.error_rate:.2%}) is above --max-error-rate {max_error_rate:.2%}; "
+                "the previous rows are unchanged; see the rejected records with "
+                f"ocrcat sql \"SELECT * FROM ingest_errors WHERE run_id = {run_id}\""
+            )
+        try:
+            _commit_run(catalog.con, source, split, fingerprint, summary)
+        except Exception as exc:
+            raise IngestFailed(f"{source}/{split}: the final commit to the catalog at {catalog.dir} failed: "
+                               f"{_cause(exc)}; the previous rows are unchanged; fix the cause and rerun "
+                               "the same command (its shards are kept)") from None
         summary.status = "completed"
     except KeyboardInterrupt:
-        summary.status = "interrupted"
+        summary.status, message = "interrupted", "interrupted"
         raise
-    except BaseException:
-        summary.status = "failed"
+    except BaseException as exc:
+        summary.status, message = "failed", str(exc) or type(exc).__name__
         raise
     finally:
         summary.seconds = time.perf_counter() - started
         progress.finish()
-        con.execute(
-            "UPDATE ingest_runs SET status = ?, finished_at = now(), rows = ?, errors = ?, skipped = ? "
-            "WHERE run_id = ?",
-            [summary.status, summary.rows, summary.errors, summary.skipped, run_id],
-        )
-        if summary.status == "completed":
-            sweep_images(catalog, source)
+        if summary.status != "completed":
+            _end_run(catalog.con, summary, message)
+    sweep_images(catalog, source)
     return summary
 
 
+def _land_shard(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
+                result: ShardResult, summary: RunSummary) -> None:
+    """Commit one shard's result and count it; a catalog write error fails the run."""
+    try:
+        result.landed, result.rejected = _commit_shard(catalog.con, source, split, fingerprint, run_id, result)
+    except Exception as exc:
+        raise IngestFailed(f"{source}/{split}: writing shard {result.shard_key} to the catalog at "
+                           f"{catalog.dir} failed: {_cause(exc)}; nothing of that shard landed and the "
+                           "previous rows are unchanged; fix the cause and rerun the same command to resume"
+                           ) from None
+    summary.rows += result.landed
+    summary.errors += result.rejected
+    summary.skipped += result.skipped
+    summary.images += result.images
+
+
+# --- The runner's SQL. Kept in these few functions so that the storage can change under them.
+# Plain INSERTs with explicit filters: no ON CONFLICT / INSERT OR IGNORE / primary keys relied on.
+
+
+def _next_run_id(con) -> int:
+    return con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchone()[0]
+
+
+def _start_run(con, source: str, split: str, fingerprint: str,
+               arguments: dict) -> tuple[int, dict[str, tuple[int, int, int]]]:
+    """Record a new run; returns its id and the shards already done by the run it resumes.
+
+    A run resumes the last run of its source and split when that one did not complete and had the
+    same fingerprint; otherwise it starts over, dropping what unfinished runs left pending. The
+    split's visible rows are not touched here: only `_commit_run` replaces them.
+    """
+    last = con.execute(
+        "SELECT run_id, status, fingerprint FROM ingest_runs WHERE source = ? AND split = ? "
+        "ORDER BY run_id DESC LIMIT 1",
+        [source, split],
+    ).fetchone()
+    resume = last is not None and last[1] != "completed" and last[2] == fingerprint
+    con.execute("BEGIN")
+    try:
+        if not resume:
+            for table in ("samples_pending", "ingest_shards"):
+                con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
+            # Errors of unfinished runs go too; those of the split's current rows stay until replaced.
+            con.execute(
+                "DELETE FROM ingest_errors WHERE source = ? AND split = ? AND run_id NOT IN "
+                "(SELECT run_id FROM ingest_runs WHERE status = 'completed')",
+                [source, split],
+            )
+        run_id = _next_run_id(con)
+        con.execute(
+            "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status, "
+            "resumed_from) VALUES (?, ?, ?, ?, ?, now(), 'running', ?)",
+            [run_id, source, split, fingerprint, json.dumps(arguments, default=str), last[0] if resume else None],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        _rollback(con)
+        raise
+    done = {
+        key: (rows, errors, skipped)
+        for key, rows, errors, skipped in con.execute(
+            "SELECT shard_key, rows, errors, skipped FROM ingest_shards "
+            "WHERE source = ? AND split = ? AND fingerprint = ?",
+            [source, split, fingerprint],
+        ).fetchall()
+    }
+    return run_id, done
+
+
+def _commit_shard(con, source: str, split: str, fingerprint: str, run_id: int,
+                  result: ShardResult) -> tuple[int, int]:
+    """Write a shard's rows (pending until the run commits), errors and done-mark in one transaction.
+
+    Returns (rows, errors). A key seen twice (in the shard, or in an earlier shard of this run) is
+    an error row; the first one is kept.
+    """
+    errors = list(result.errors)
+    rows, seen = [], set()
+    for row in result.rows:
+        if row["sample_id"] in seen:
+            errors.append(Rejected(row["source_key"], "insert", "duplicate source_key in this shard; first kept"))
+            continue
+        seen.add(row["sample_id"])
+        rows.append({**row, "ingest_run": run_id})
+    batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    con.execute("BEGIN")
+    try:
+        con.register("shard_batch", batch)
+        earlier = "(SELECT sample_id FROM samples_pending WHERE source = ? AND split = ?)"
+        repeated = con.execute(
+            f"SELECT source_key FROM shard_batch WHERE sample_id IN {earlier} ORDER BY source_key", [source, split]
+        ).fetchall()
+        for (key,) in repeated:
+            errors.append(Rejected(key, "insert", "duplicate source_key: an earlier shard had it; first kept"))
+        con.execute(f"INSERT INTO samples_pending SELECT * FROM shard_batch WHERE sample_id NOT IN {earlier}",
+                    [source, split])
+        con.unregister("shard_batch")
+        if errors:
+            con.executemany(
+                "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
+                [[run_id, source, split, e.source_key, e.stage, e.message] for e in errors],
+            )
+        inserted = len(rows) - len(repeated)
+        con.execute(
+            "INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [source, split, fingerprint, result.shard_key, run_id, inserted, len(errors), result.skipped],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        _rollback(con)
+        raise
+    return inserted, len(errors)
+
+
+def _commit_run(con, source: str, split: str, fingerprint: str, summary: RunSummary) -> None:
+    """Replace the split's rows by the run's pending rows and mark the run completed, in one commit."""
+    con.execute("BEGIN")
+    try:
+        con.execute("DELETE FROM samples WHERE source = ? AND split = ?", [source, split])
+        con.execute("INSERT INTO samples SELECT * FROM samples_pending WHERE source = ? AND split = ?",
+                    [source, split])
+        con.execute("DELETE FROM samples_pending WHERE source = ? AND split = ?", [source, split])
+        # The errors that describe the new rows are those of the runs that wrote its shards.
+        con.execute(
+            "DELETE FROM ingest_errors WHERE source = ? AND split = ? AND run_id NOT IN "
+            "(SELECT run_id FROM ingest_shards WHERE source = ? AND split = ? AND fingerprint = ?)",
+            [source, split, source, split, fingerprint],
+        )
+        con.execute(
+            "UPDATE ingest_runs SET status = 'completed', finished_at = now(), rows = ?, errors = ?, "
+            "skipped = ? WHERE run_id = ?",
+            [summary.rows, summary.errors, summary.skipped, summary.run_id],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        _rollback(con)
+        raise
+
+
+def _end_run(con, summary: RunSummary, message: str | None) -> None:
+    """Record how an unfinished run ended. Best effort: never hides the error that ended it."""
+    try:
+        con.execute(
+            "UPDATE ingest_runs SET status = ?, finished_at = now(), rows = ?, errors = ?, skipped = ?, "
+            "message = ? WHERE run_id = ?",
+            [summary.status, summary.rows, summary.errors, summary.skipped, message, summary.run_id],
+        )
+    except Exception:
+        pass  # e.g. the disk under the catalog is full: the run stays `running`, which resumes the same
+
+
+def _rollback(con) -> None:
+    """Roll back if a transaction is still open (DuckDB aborts one itself on some errors)."""
+    try:
+        con.execute("ROLLBACK")
+    except Exception:
+        pass
+
+
 def sweep_images(catalog: Catalog, source: str) -> int:
-    """Delete image files of `source` that no row references (leftovers of killed or replaced runs)."""
+    """Delete image files of `source` that no row references (leftovers of killed or replaced runs).
+
+    Rows still pending (another split's unfinished run) count as references.
+    """
     keep = {
         path
         for (path,) in catalog.con.execute(
-            "SELECT DISTINCT image_path FROM samples WHERE source = ? AND image_path IS NOT NULL", [source]
+            "SELECT image_path FROM samples WHERE source = ? AND image_path IS NOT NULL UNION "
+            "SELECT image_path FROM samples_pending WHERE source = ? AND image_path IS NOT NULL",
+            [source, source],
         ).fetchall()
     }
     return catalog.images.sweep(source, keep)
 
 
+# --- Workers.
+
+
 def _process(
     shards: list[Shard], source: str, split: str, catalog_dir: Path, mode: str, options: dict, workers: int
 ) -> Iterator[ShardResult]:
-    """Results of `process_shard` for every shard, in completion order, in `workers` processes."""
+    """Results of `process_shard` for every shard, in completion order, in `workers` processes.
+
+    A shard that faults raises IngestFailed; so does a worker that dies. On any early exit the
+    workers are killed at once rather than left to finish (or block) on their own.
+    """
     args = (source, split, str(catalog_dir), mode, options)
     if workers <= 1 or len(shards) <= 1:
         for shard in shards:
-            yield process_shard(shard, *args)
+            yield _unwrap(source, split, shard.key, lambda: process_shard(shard, *args))
         return
     # spawn, not fork: the parent holds a DuckDB connection and threads that must not be copied.
     ctx = multiprocessing.get_context("spawn")
     queue = iter(shards)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        running = {pool.submit(process_shard, s, *args) for s in itertools.islice(queue, workers * 2)}
-        try:
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-                    nxt = next(queue, None)
-                    if nxt is not None:
-                        running.add(pool.submit(process_shard, nxt, *args))
-        finally:
-            for future in running:
-                future.cancel()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(),))
+    finished_normally = False
+    try:
+        running = {pool.submit(process_shard, s, *args): s.key for s in itertools.islice(queue, workers * 2)}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = running.pop(future)
+                yield _unwrap(source, split, key, future.result, in_flight=list(running.values()))
+                nxt = next(queue, None)
+                if nxt is not None:
+                    running[pool.submit(process_shard, nxt, *args)] = nxt.key
+        finished_normally = True
+    finally:
+        if not finished_normally:
+            # Python 3.11 has no public way to stop busy workers; their Process objects are here.
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _unwrap(source: str, split: str, key: str, get, in_flight: list[str] = ()) -> ShardResult:
+    """A shard's result, or IngestFailed naming the shard and the real cause."""
+    try:
+        return get()
+    except ShardFault as exc:
+        raise IngestFailed(f"{source}/{split}: {exc}") from None
+    except BrokenProcessPool:
+        shards = ", ".join([key, *in_flight])
+        raise IngestFailed(f"{source}/{split}: a worker process died (killed, or out of memory?) while "
+                           f"working on shard(s) {shards}; nothing of them landed; rerun the same command "
+                           "to resume (with fewer --workers if memory ran out)") from None
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Tie a worker's life to its parent's: SIGKILL, SIGTERM or Ctrl-C of the parent ends it too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the kernel kills us when the parent dies
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog below still ends us within a second
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(1)
 
 
 def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, mode: str,
                   options: dict) -> ShardResult:
-    """Read one shard and turn its records into rows, storing images. Runs in a worker."""
+    """Read one shard and turn its records into rows, storing images. Runs in a worker.
+
+    Bad records become `Rejected` in the result; anything that stops the shard itself (an I/O
+    error, a full disk, a corrupt file, a reader that breaks) raises ShardFault instead, so that
+    nothing of the shard lands.
+    """
     source = registry.get(source_name)
     store = ImageStore(catalog_dir)
     result = ShardResult(shard.key)
     limit = shard.payload.get("_limit")
-    records = source.read(shard, options)
     try:
-        for record in itertools.islice(records, limit):
+        for record in itertools.islice(source.read(shard, options), limit):
             if isinstance(record, Skipped):
                 result.skipped += 1
             elif isinstance(record, Rejected):
@@ -299,9 +553,24 @@ def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, 
                 row = _to_row(record, source.INFO.kind, source_name, split, store, mode, result)
                 if row is not None:
                     result.rows.append(row)
-    except Exception as exc:  # a reader that fails mid-shard (corrupt file): the rest of it is an error
-        result.errors.append(Rejected(shard.key, "read", f"{type(exc).__name__}: {exc}"))
+    except Exception as exc:
+        raise ShardFault(f"shard {shard.key} ({_shard_file(shard)}) failed: {_cause(exc)}; nothing of "
+                         "this shard landed; fix the cause and rerun the same command to resume") from None
     return result
+
+
+def _shard_file(shard: Shard) -> str:
+    p = shard.payload
+    return str(p.get("path") or p.get("file") or p.get("root") or "file unknown")
+
+
+def _cause(exc: BaseException) -> str:
+    """The real cause, in one line: OSError's text already names errno and file."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{exc.strerror or os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})" + (
+            f": {exc.filename}" if exc.filename else "")
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStore, mode: str,
@@ -335,50 +604,3 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
             image_tokens=vision.count_image_tokens(image.width, image.height, mode),
         )
     return row
-
-
-def _commit_shard(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                  result: ShardResult) -> tuple[int, int]:
-    """Write a shard's rows, errors and done-mark in one transaction; returns (rows, errors)."""
-    con = catalog.con
-    errors = list(result.errors)
-    rows, seen = [], set()
-    for row in result.rows:
-        if row["sample_id"] in seen:
-            errors.append(Rejected(row["source_key"], "insert", "duplicate source_key in this shard; first kept"))
-            continue
-        seen.add(row["sample_id"])
-        rows.append({**row, "ingest_run": run_id})
-    batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
-    con.execute("BEGIN")
-    try:
-        con.register("shard_batch", batch)
-        # The primary key does the duplicate check: no scan of the whole table per shard.
-        inserted = con.execute("INSERT OR IGNORE INTO samples SELECT * FROM shard_batch").fetchone()[0]
-        if inserted < len(rows):
-            # Rare: ids already in the catalog (a source repeating a key). Undo, name them, insert the rest.
-            con.execute("ROLLBACK")
-            con.execute("BEGIN")
-            con.register("shard_batch", batch)  # the rollback dropped it
-            existing = con.execute(
-                "SELECT source_key FROM shard_batch WHERE sample_id IN (SELECT sample_id FROM samples) "
-                "ORDER BY source_key"
-            ).fetchall()
-            for (key,) in existing:
-                errors.append(Rejected(key, "insert", "duplicate source_key: already in the catalog; first kept"))
-            inserted = con.execute("INSERT OR IGNORE INTO samples SELECT * FROM shard_batch").fetchone()[0]
-        if errors:
-            con.executemany(
-                "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
-                [[run_id, source, split, e.source_key, e.stage, e.message] for e in errors],
-            )
-        con.execute(
-            "INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [source, split, fingerprint, result.shard_key, run_id, inserted, len(errors), result.skipped],
-        )
-        con.unregister("shard_batch")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    return inserted, len(errors)
