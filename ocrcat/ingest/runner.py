@@ -369,7 +369,11 @@ def _commit_shard(con, source: str, split: str, fingerprint: str, run_id: int,
     batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     con.execute("BEGIN")
     try:
-        con.register("shard_batch", batch)
+        # Copied into a temporary table first: a join against the Arrow scan itself would push
+        # UBIGINT filters into pyarrow, which cannot hold ids above 2**63.
+        con.register("shard_arrow", batch)
+        con.execute("CREATE OR REPLACE TEMP TABLE shard_batch AS SELECT * FROM shard_arrow")
+        con.unregister("shard_arrow")
         earlier = "(SELECT sample_id FROM samples_pending WHERE source = ? AND split = ?)"
         repeated = con.execute(
             f"SELECT source_key FROM shard_batch WHERE sample_id IN {earlier} ORDER BY source_key", [source, split]
@@ -378,7 +382,7 @@ def _commit_shard(con, source: str, split: str, fingerprint: str, run_id: int,
             errors.append(Rejected(key, "insert", "duplicate source_key: an earlier shard had it; first kept"))
         con.execute(f"INSERT INTO samples_pending SELECT * FROM shard_batch WHERE sample_id NOT IN {earlier}",
                     [source, split])
-        con.unregister("shard_batch")
+        con.execute("DROP TABLE shard_batch")
         if errors:
             con.executemany(
                 "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
