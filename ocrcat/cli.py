@@ -23,6 +23,7 @@ from ocrcat.catalog import Catalog, CatalogError
 from ocrcat.catalog.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
 from ocrcat.ingest.base import MirrorError
+from ocrcat.ingest.limits import Limits
 from ocrcat.ingest.runner import IngestFailed, RunSummary, check_request, ingest as run_ingest
 
 app = typer.Typer(
@@ -191,6 +192,9 @@ def ingest(
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="source option KEY=VALUE; repeatable")] = None,
     max_error_rate: Annotated[Optional[float], typer.Option(help="fail a split (old rows kept, exit 1) if more than this fraction of its records are rejected")] = None,
     vision_mode: Annotated[Optional[str], typer.Option(help="vision mode of a new catalog [default: gundam]")] = None,
+    max_image_mpx: Annotated[float, typer.Option(help="cap on an image's pixels (millions), from its header")] = Limits.max_image_pixels / 1e6,
+    max_member_mb: Annotated[float, typer.Option(help="cap on one archive member (MiB)")] = Limits.max_member_bytes / 2**20,
+    max_json_depth: Annotated[int, typer.Option(help="cap on JSON nesting depth")] = Limits.max_json_depth,
     catalog: CatalogOpt = None,
 ) -> None:
     """Ingest sources from a mirror into the catalog. Rerun after an interruption to resume.
@@ -209,6 +213,10 @@ def ingest(
         # Everything the user can get wrong is checked before the catalog is opened (or created).
         if max_error_rate is not None and not 0 <= max_error_rate <= 1:
             raise ValueError(f"--max-error-rate must be between 0 and 1 (got {max_error_rate})")
+        if min(max_image_mpx, max_member_mb, max_json_depth) <= 0:
+            raise ValueError("--max-image-mpx, --max-member-mb and --max-json-depth must be positive")
+        limits = Limits(max_member_bytes=int(max_member_mb * 2**20), max_image_pixels=int(max_image_mpx * 1e6),
+                        max_json_depth=max_json_depth)
         plans = []
         for name in registry.expand(names):
             pairs = list(option or []) + ([f"config={config}"] if config else [])
@@ -219,7 +227,7 @@ def ingest(
                 try:
                     summaries += run_ingest(cat, name, mirror=mirror_root_opt, splits=split, limit=limit,
                                             workers=workers, options=options, progress=RichProgress(),
-                                            max_error_rate=max_error_rate)
+                                            max_error_rate=max_error_rate, limits=limits)
                 except KeyboardInterrupt:
                     err.print("[yellow]interrupted[/]: rerun the same command to resume where it stopped")
                     raise typer.Exit(130) from None
@@ -233,6 +241,9 @@ def ingest(
               f"{s.seconds:.1f}", f"{s.images / max(s.seconds, 1e-9):.0f}") for s in summaries],
             title="ingest",
         )
+    for s in summaries:
+        if s.warning:
+            err.print(f"[yellow]warning:[/] {s.warning}", highlight=False)
     errors = sum(s.errors for s in summaries)
     if errors:
         console.print(f"{errors} records rejected: see them with "

@@ -39,7 +39,9 @@ import pyarrow as pa
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, ImageStore, sample_id
+from ocrcat.catalog.images import UnsafeSweep
 from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
+from ocrcat.ingest import limits as caps
 from ocrcat.ingest import registry
 from ocrcat.ingest.base import MirrorError, Rejected, Sample, Shard, Skipped
 from ocrcat.ingest.parquet import image_bytes
@@ -109,6 +111,7 @@ class RunSummary:
     shards_resumed: int = 0  # shards already done by an earlier, interrupted run
     seconds: float = 0.0
     status: str = "running"
+    warning: str | None = None  # something the user should know although the run completed
 
     @property
     def error_rate(self) -> float:
@@ -146,6 +149,7 @@ def ingest(
     options: dict | None = None,
     progress: Progress | None = None,
     max_error_rate: float | None = None,
+    limits: caps.Limits | None = None,
 ) -> list[RunSummary]:
     """Ingest every requested split of one source from `<mirror>/<source>/`; one summary per split.
 
@@ -166,7 +170,7 @@ def ingest(
             raise MirrorError(f"the mirror at {root} has no {split} files for {info.name}")
         shards = _apply_limit(shards, limit)
         summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
-                                       progress or NoProgress(), max_error_rate))
+                                       progress or NoProgress(), max_error_rate, limits or caps.Limits()))
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
     return summaries
@@ -216,9 +220,10 @@ def _apply_limit(shards: list[Shard], limit: int | None) -> list[Shard]:
     return kept
 
 
-def _fingerprint(source: str, split: str, options: dict, limit: int | None, mode: str) -> str:
+def _fingerprint(source: str, split: str, options: dict, limit: int | None, mode: str, limits: caps.Limits) -> str:
     """What shapes the rows of a run: same fingerprint = an interrupted run may be resumed."""
-    text = json.dumps([source, split, options, limit, mode], sort_keys=True, default=str)
+    text = json.dumps([source, split, options, limit, mode] + ([limits.as_dict()] if limits != caps.Limits() else []),
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -232,9 +237,11 @@ def _ingest_split(
     workers: int,
     progress: Progress,
     max_error_rate: float | None,
+    limits: caps.Limits,
 ) -> RunSummary:
-    fingerprint = _fingerprint(source, split, options, limit, catalog.vision_mode)
-    arguments = {"options": options, "limit": limit, "workers": workers, "max_error_rate": max_error_rate}
+    fingerprint = _fingerprint(source, split, options, limit, catalog.vision_mode, limits)
+    arguments = {"options": options, "limit": limit, "workers": workers, "max_error_rate": max_error_rate,
+                 "limits": limits.as_dict()}
     run_id, done = _start_run(catalog.con, source, split, fingerprint, arguments)
     summary = RunSummary(run_id, source, split, shards_total=len(shards), shards_resumed=len(done))
     for rows, errors, skipped in done.values():
@@ -247,7 +254,8 @@ def _ingest_split(
     started = time.perf_counter()
     message = None
     try:
-        results = _process(pending, source, split, catalog.dir, catalog.vision_mode, options, workers)
+        results = _process(pending, (source, split, str(catalog.dir), catalog.vision_mode, options, limits, run_id),
+                           workers)
         with closing(results):  # an early exit kills the workers now, not when garbage is collected
             for result in results:
                 _land_shard(catalog, source, split, fingerprint, run_id, result, summary)
@@ -277,7 +285,10 @@ def _ingest_split(
         progress.finish()
         if summary.status != "completed":
             _end_run(catalog.con, summary, message)
-    sweep_images(catalog, source)
+    try:
+        sweep_images(catalog, source)
+    except UnsafeSweep as exc:
+        summary.warning = str(exc)
     return summary
 
 
@@ -464,15 +475,13 @@ def sweep_images(catalog: Catalog, source: str) -> int:
 # --- Workers.
 
 
-def _process(
-    shards: list[Shard], source: str, split: str, catalog_dir: Path, mode: str, options: dict, workers: int
-) -> Iterator[ShardResult]:
+def _process(shards: list[Shard], args: tuple, workers: int) -> Iterator[ShardResult]:
     """Results of `process_shard` for every shard, in completion order, in `workers` processes.
 
     A shard that faults raises IngestFailed; so does a worker that dies. On any early exit the
     workers are killed at once rather than left to finish (or block) on their own.
     """
-    args = (source, split, str(catalog_dir), mode, options)
+    source, split = args[:2]
     if workers <= 1 or len(shards) <= 1:
         for shard in shards:
             yield _unwrap(source, split, shard.key, lambda: process_shard(shard, *args))
@@ -536,7 +545,7 @@ def _watch_parent(parent_pid: int) -> None:
 
 
 def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, mode: str,
-                  options: dict) -> ShardResult:
+                  options: dict, limits: caps.Limits, run_id: int) -> ShardResult:
     """Read one shard and turn its records into rows, storing images. Runs in a worker.
 
     Bad records become `Rejected` in the result; anything that stops the shard itself (an I/O
@@ -544,7 +553,8 @@ def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, 
     nothing of the shard lands.
     """
     source = registry.get(source_name)
-    store = ImageStore(catalog_dir)
+    caps.use(limits)
+    store = _run_store(catalog_dir, limits.max_image_pixels, run_id)
     result = ShardResult(shard.key)
     limit = shard.payload.get("_limit")
     try:
@@ -561,6 +571,19 @@ def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, 
         raise ShardFault(f"shard {shard.key} ({_shard_file(shard)}) failed: {_cause(exc)}; nothing of "
                          "this shard landed; fix the cause and rerun the same command to resume") from None
     return result
+
+
+_store: tuple[tuple, ImageStore] | None = None
+
+
+def _run_store(catalog_dir: str, max_pixels: int, run_id: int) -> ImageStore:
+    """One image store per run and process: it remembers the images it verified, so a repeat costs
+    a hash. Never longer than a run: a later run's sweep may delete files this one stored."""
+    global _store
+    key = (catalog_dir, max_pixels, run_id, os.getpid())
+    if _store is None or _store[0] != key:
+        _store = (key, ImageStore(catalog_dir, max_pixels))
+    return _store[1]
 
 
 def _shard_file(shard: Shard) -> str:
