@@ -228,9 +228,9 @@ def ingest(
                     summaries += run_ingest(cat, name, mirror=mirror_root_opt, splits=split, limit=limit,
                                             workers=workers, options=options, progress=RichProgress(),
                                             max_error_rate=max_error_rate, limits=limits)
-                except KeyboardInterrupt:
+                except KeyboardInterrupt as exc:
                     err.print("[yellow]interrupted[/]: rerun the same command to resume where it stopped")
-                    raise typer.Exit(130) from None
+                    raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
                 except IngestFailed as exc:
                     failure = exc
                     break
@@ -259,7 +259,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     import signal
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

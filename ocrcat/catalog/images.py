@@ -201,11 +201,13 @@ class ImageStore:
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, final)  # atomic: readers see nothing or the whole file
-        except BaseException:
+        except BaseException as exc:
             try:
                 tmp.unlink()
             except OSError:
                 pass
+            if isinstance(exc, OSError) and exc.errno and not exc.filename:
+                raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(tmp)) from None  # name it
             raise
 
     def sweep(self, source: str, keep: set[str]) -> int:
