@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, CatalogError
+from ocrcat.catalog.sqltext import bind_json_arrows
 from ocrcat.catalog.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
 from ocrcat.ingest.base import MirrorError
@@ -282,7 +283,7 @@ def sql(
     """
     with user_errors(), Catalog(catalog, read_only=not write) as cat:
         try:
-            result = cat.con.execute(query)
+            result = cat.con.execute(bind_json_arrows(query))
         except duckdb.Error as exc:
             if "read-only" in str(exc):
                 raise CatalogError(
