@@ -20,10 +20,12 @@ from rich.table import Table
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, CatalogError
+from ocrcat.catalog.sqltext import bind_json_arrows
 from ocrcat.catalog.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
 from ocrcat.ingest.base import MirrorError
-from ocrcat.ingest.runner import RunSummary, ingest as run_ingest
+from ocrcat.ingest.limits import Limits
+from ocrcat.ingest.runner import IngestFailed, RunSummary, check_request, ingest as run_ingest
 
 app = typer.Typer(
     help="ocrcat: OCR training data as one DuckDB catalog, SQL mixtures and a torch loader.\n\n"
@@ -183,49 +185,88 @@ class RichProgress:
 @app.command()
 def ingest(
     names: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="source names, or all")],
-    mirror_root: Annotated[Optional[Path], typer.Option("--mirror", "--from", help="mirror root [default: <catalog>/mirror]")] = None,
+    mirror_root_opt: Annotated[Optional[Path], typer.Option("--mirror", "--from", help="mirror root [default: <catalog>/mirror]")] = None,
     split: Annotated[Optional[list[str]], typer.Option(help="only this split (train, val, test); repeatable")] = None,
     limit: Annotated[Optional[int], typer.Option(help="at most N records per split")] = None,
     workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
     config: Annotated[Optional[str], typer.Option(help="hub config, for sources that have several")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="source option KEY=VALUE; repeatable")] = None,
-    max_error_rate: Annotated[Optional[float], typer.Option(help="exit 1 if more than this fraction of records fail")] = None,
+    max_error_rate: Annotated[Optional[float], typer.Option(help="fail a split (old rows kept, exit 1) if more than this fraction of its records are rejected")] = None,
     vision_mode: Annotated[Optional[str], typer.Option(help="vision mode of a new catalog [default: gundam]")] = None,
+    max_image_mpx: Annotated[float, typer.Option(help="cap on an image's pixels (millions), from its header")] = Limits.max_image_pixels / 1e6,
+    max_member_mb: Annotated[float, typer.Option(help="cap on one archive member (MiB)")] = Limits.max_member_bytes / 2**20,
+    max_json_depth: Annotated[int, typer.Option(help="cap on JSON nesting depth")] = Limits.max_json_depth,
     catalog: CatalogOpt = None,
 ) -> None:
     """Ingest sources from a mirror into the catalog. Rerun after an interruption to resume.
 
-    Re-ingesting a source and split replaces its rows. Bad records go to ingest_errors.
+    Re-ingesting a source and split replaces its rows when the run completes. Bad records go to
+    ingest_errors; a fault (I/O error, full disk, corrupt file) fails the run with exit 1.
     Each source's options (-o KEY=VALUE) and their defaults: ocrcat sources --json.
 
     Example: ocrcat ingest chartqa mathwriting --mirror demo/mirror --workers 2 --max-error-rate 0.01
     """
+    from ocrcat.catalog import resolve_dir
+
     summaries: list[RunSummary] = []
-    with user_errors(), Catalog(catalog, vision_mode=vision_mode) as cat:
+    failure = None
+    with user_errors():
+        # Everything the user can get wrong is checked before the catalog is opened (or created).
+        if max_error_rate is not None and not 0 <= max_error_rate <= 1:
+            raise ValueError(f"--max-error-rate must be between 0 and 1 (got {max_error_rate})")
+        if min(max_image_mpx, max_member_mb, max_json_depth) <= 0:
+            raise ValueError("--max-image-mpx, --max-member-mb and --max-json-depth must be positive")
+        limits = Limits(max_member_bytes=int(max_member_mb * 2**20), max_image_pixels=int(max_image_mpx * 1e6),
+                        max_json_depth=max_json_depth)
+        plans = []
         for name in registry.expand(names):
-            source = registry.get(name)
             pairs = list(option or []) + ([f"config={config}"] if config else [])
-            options = registry.parse_options(source, pairs)
-            try:
-                summaries += run_ingest(cat, name, mirror=mirror_root, splits=split, limit=limit,
-                                        workers=workers, options=options, progress=RichProgress())
-            except KeyboardInterrupt:
-                err.print("[yellow]interrupted[/]: rerun the same command to resume where it stopped")
-                raise typer.Exit(130) from None
-    print_table(
-        ["source", "split", "rows", "errors", "skipped", "resumed shards", "seconds", "images/s"],
-        [(s.source, s.split, s.rows, s.errors, s.skipped, f"{s.shards_resumed}/{s.shards_total}",
-          f"{s.seconds:.1f}", f"{s.images / max(s.seconds, 1e-9):.0f}") for s in summaries],
-        title="ingest",
-    )
+            plans.append((name, registry.parse_options(registry.get(name), pairs)))
+            check_request(resolve_dir(catalog), name, mirror_root_opt, split, limit)
+        with _sigterm_as_interrupt(), Catalog(catalog, vision_mode=vision_mode) as cat:
+            for name, options in plans:
+                try:
+                    summaries += run_ingest(cat, name, mirror=mirror_root_opt, splits=split, limit=limit,
+                                            workers=workers, options=options, progress=RichProgress(),
+                                            max_error_rate=max_error_rate, limits=limits)
+                except KeyboardInterrupt as exc:
+                    err.print("[yellow]interrupted[/]: rerun the same command to resume where it stopped")
+                    raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+                except IngestFailed as exc:
+                    failure = exc
+                    break
+    if summaries:
+        print_table(
+            ["source", "split", "rows", "errors", "skipped", "resumed shards", "seconds", "images/s"],
+            [(s.source, s.split, s.rows, s.errors, s.skipped, f"{s.shards_resumed}/{s.shards_total}",
+              f"{s.seconds:.1f}", f"{s.images / max(s.seconds, 1e-9):.0f}") for s in summaries],
+            title="ingest",
+        )
+    for s in summaries:
+        if s.warning:
+            err.print(f"[yellow]warning:[/] {s.warning}", highlight=False)
     errors = sum(s.errors for s in summaries)
-    seen = sum(s.rows + s.errors for s in summaries)
     if errors:
         console.print(f"{errors} records rejected: see them with "
                       "ocrcat sql \"SELECT * FROM ingest_errors ORDER BY run_id DESC LIMIT 20\"")
-    if max_error_rate is not None and seen and errors / seen > max_error_rate:
-        err.print(f"[bold red]error rate {errors / seen:.2%} is above --max-error-rate {max_error_rate:.2%}[/]")
+    if failure is not None:
+        err.print(f"[bold red]ingest failed:[/] {failure}", highlight=False)
         raise typer.Exit(1)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` stops an ingest like Ctrl-C: workers killed, the run marked interrupted."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -242,7 +283,7 @@ def sql(
     """
     with user_errors(), Catalog(catalog, read_only=not write) as cat:
         try:
-            result = cat.con.execute(query)
+            result = cat.con.execute(bind_json_arrows(query))
         except duckdb.Error as exc:
             if "read-only" in str(exc):
                 raise CatalogError(

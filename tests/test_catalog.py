@@ -60,7 +60,7 @@ def test_store_writes_once_at_content_address(tmp_path):
         (b"", "empty"),
         (b"definitely not an image", "cannot decode"),
         (png_bytes()[:-30], "cannot decode"),
-        (absurd_png_header(), "too large"),
+        (absurd_png_header(), "image cap"),
     ],
 )
 def test_bad_images_are_refused(data, message):

@@ -37,6 +37,12 @@ DDL = [
     "CREATE TABLE IF NOT EXISTS samples (\n  "
     + ",\n  ".join(f"{name} {type_}" for name, type_ in SAMPLE_COLUMNS)
     + "\n)",
+    # The rows of unfinished ingest runs, shard by shard; a run that completes moves its split's
+    # rows into `samples` in one commit (so readers never see a half-replaced split).
+    "CREATE TABLE IF NOT EXISTS samples_pending (\n  "
+    + ",\n  ".join(f"{name} {type_}" for name, type_ in SAMPLE_COLUMNS)
+    + "\n)",
+    # run_id is allocated by the ingest runner (max + 1 inside its commit): no sequence needed.
     """CREATE TABLE IF NOT EXISTS ingest_runs (
         run_id INTEGER NOT NULL,
         source VARCHAR NOT NULL,
@@ -45,11 +51,12 @@ DDL = [
         arguments JSON NOT NULL,
         started_at TIMESTAMP NOT NULL,
         finished_at TIMESTAMP,
-        status VARCHAR NOT NULL,       -- running | completed | failed
+        status VARCHAR NOT NULL,       -- running | completed | failed | interrupted
         rows BIGINT DEFAULT 0,
         errors BIGINT DEFAULT 0,
         skipped BIGINT DEFAULT 0,
         resumed_from INTEGER,          -- the unfinished run this one continued, if any
+        message VARCHAR,               -- why it failed or stopped, as the CLI printed it
         snapshot BIGINT                -- the lake snapshot its last commit made
     )""",
     """CREATE TABLE IF NOT EXISTS ingest_errors (
@@ -88,5 +95,5 @@ DDL = [
     )""",
 ]
 
-TABLES = ["catalog_info", "samples", "ingest_runs", "ingest_errors", "ingest_shards", "mixtures",
-          "mixture_components"]
+TABLES = ["catalog_info", "samples", "samples_pending", "ingest_runs", "ingest_errors", "ingest_shards",
+          "mixtures", "mixture_components"]

@@ -80,13 +80,13 @@ def rollback(catalog: Catalog, snapshot: int) -> int:
 
     def restore(con):
         for table in TABLES:
-            if table == "samples":
+            if table in ("samples", "samples_pending"):
                 # Only the difference moves: a sample's row is fixed by (sample_id, ingest_run).
-                then = f"(SELECT * FROM samples AT (VERSION => {int(snapshot)}))"
-                con.execute(f"""DELETE FROM samples s WHERE NOT EXISTS (
+                then = f"(SELECT * FROM {table} AT (VERSION => {int(snapshot)}))"
+                con.execute(f"""DELETE FROM {table} s WHERE NOT EXISTS (
                     SELECT 1 FROM {then} o WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run)""")
-                con.execute(f"""INSERT INTO samples SELECT o.* FROM {then} o
-                    WHERE NOT EXISTS (SELECT 1 FROM samples s
+                con.execute(f"""INSERT INTO {table} SELECT o.* FROM {then} o
+                    WHERE NOT EXISTS (SELECT 1 FROM {table} s
                                       WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run)""")
             else:
                 con.execute(f"DELETE FROM {table}")
@@ -123,7 +123,8 @@ def _view_body(sql: str) -> str:
 
 def referenced_images(catalog: Catalog, source: str | None = None) -> set[str]:
     """Image paths that some kept (unexpired) snapshot's rows point to: every row of the oldest
-    kept snapshot, plus every row inserted since. A file outside this set can be swept."""
+    kept snapshot, plus every row inserted since; and the pending rows of unfinished runs (a
+    resume needs them). A file outside this set can be swept."""
     con = catalog.con
     first, last = con.execute(f"SELECT min(snapshot_id), max(snapshot_id) FROM {LAKE}.snapshots()").fetchone()
     where = "image_path IS NOT NULL" + (" AND source = ?" if source else "")
@@ -131,8 +132,9 @@ def referenced_images(catalog: Catalog, source: str | None = None) -> set[str]:
     rows = con.execute(
         f"""SELECT DISTINCT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples', ?, ?)
             WHERE {where}
-            UNION SELECT DISTINCT image_path FROM samples WHERE {where}""",
-        [first, last] + params + params,
+            UNION SELECT DISTINCT image_path FROM samples WHERE {where}
+            UNION SELECT DISTINCT image_path FROM samples_pending WHERE {where}""",
+        [first, last] + params * 3,
     ).fetchall()
     return {path for (path,) in rows}
 

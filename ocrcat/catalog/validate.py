@@ -182,13 +182,14 @@ def _sample_id_check(con, sources: list[str]) -> list[CheckResult]:
 def _conversation_check(con, sources: list[str]) -> list[CheckResult]:
     # nanochat renders a conversation as an optional system turn, then user/assistant turns in
     # strict alternation; the last turn is the assistant's (it carries the training signal).
+    # Arrows in brackets: DuckDB 1.5 binds `->>` looser than `AND` and `=` (catalog/sqltext.py).
     bad_conversations = """
         WITH conv AS (
             SELECT sample_id,
                    CASE WHEN json_type(messages) = 'ARRAY' THEN json_extract(messages, '$[*]') END AS turns
             FROM samples WHERE kind = 'text'),
         shape AS (
-            SELECT sample_id, turns, CASE WHEN turns[1]->>'role' = 'system' THEN 1 ELSE 0 END AS off FROM conv),
+            SELECT sample_id, turns, CASE WHEN (turns[1]->>'role') = 'system' THEN 1 ELSE 0 END AS off FROM conv),
         turn AS (
             SELECT sample_id, off, unnest(turns) AS x, generate_subscripts(turns, 1) AS i FROM shape)
         SELECT sample_id FROM shape
@@ -197,7 +198,7 @@ def _conversation_check(con, sources: list[str]) -> list[CheckResult]:
         SELECT sample_id FROM turn
         WHERE NOT coalesce(json_type(x) = 'OBJECT' AND json_type(x, 'content') = 'VARCHAR'
                            AND length(x->>'content') > 0
-                           AND x->>'role' = CASE WHEN i <= off THEN 'system'
+                           AND (x->>'role') = CASE WHEN i <= off THEN 'system'
                                                  WHEN (i - off) % 2 = 1 THEN 'user' ELSE 'assistant' END, false)
     """
     return _sql_check(con, sources, "conversation", "kind = 'text'",

@@ -1,23 +1,41 @@
 """The ingest machinery shared by every source.
 
 A split of a source is planned into shards. Worker processes read a shard, validate and store its
-images and map its records to rows; the main process, the only one with the DuckDB connection,
-writes each shard's rows, errors and a "shard done" mark in one transaction. So a crash leaves
-whole shards or nothing, and rerunning the same command skips the shards already done.
+images and map its records to rows; the main process, the only one with the catalog connection,
+writes each shard's rows (into `samples_pending`), errors and a "shard done" mark in one
+transaction. So a crash leaves whole shards or nothing, and rerunning the same command skips the
+shards already done. When every shard is done and the error rate is within `--max-error-rate`,
+one last transaction replaces the split's rows in `samples` by the pending ones: readers see the
+old rows until then, and a failed run never changes them.
 
-Images are written to their content address before their rows commit; files that no kept
-snapshot references (from a killed run, or a replaced one once its snapshots expire) are swept by
-the compaction that ends every ingest (`ocrcat.catalog.snapshots.compact`).
+Bad records (a truncated image, a missing field) become `ingest_errors` rows and the rest of the
+shard lands. Faults (an I/O error, a full disk, a corrupt file, a worker that dies) fail the
+whole shard and the run, with a message naming the shard, the file and the cause.
+
+The catalog is a lake (ocrcat.catalog.store): every commit above is one snapshot, made through
+`Catalog.commit`, which takes turns with other writers and retries a commit that lost a race, so
+ingests of other sources or splits run side by side; a second ingest of the same split is refused.
+
+Images are written to their content address before their rows commit; files that no kept snapshot
+references (from a killed run, or a replaced one once its snapshots expire) are swept by the
+compaction that ends every ingest (`ocrcat.catalog.snapshots.compact`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import itertools
 import json
 import multiprocessing
+import os
+import signal
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -26,8 +44,10 @@ import pyarrow as pa
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, ImageStore, sample_id
-from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
+from ocrcat.catalog.images import UnsafeSweep
 from ocrcat.catalog.snapshots import compact
+from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
+from ocrcat.ingest import limits as caps
 from ocrcat.ingest import registry
 from ocrcat.ingest.base import MirrorError, Rejected, Sample, Shard, Skipped
 from ocrcat.ingest.parquet import image_bytes
@@ -54,6 +74,19 @@ SAMPLE_SCHEMA = pa.schema(
     ]
 )
 assert SAMPLE_SCHEMA.names == SAMPLE_COLUMN_NAMES
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class IngestFailed(RuntimeError):
+    """A run that ended `failed`; the message names the split, shard, file and real cause."""
+
+
+class ErrorRateExceeded(IngestFailed):
+    """More records were rejected than --max-error-rate allows; the old rows stay."""
+
+
+class ShardFault(Exception):
+    """Raised in a worker when a shard as a whole cannot be read or written (picklable: one str)."""
 
 
 @dataclass
@@ -63,6 +96,12 @@ class ShardResult:
     errors: list[Rejected] = field(default_factory=list)
     skipped: int = 0
     images: int = 0
+    landed: int = 0  # filled in by the commit: rows inserted, error rows written
+    rejected: int = 0
+
+    @property
+    def records(self) -> int:
+        return self.landed + self.rejected + self.skipped
 
 
 @dataclass
@@ -78,6 +117,7 @@ class RunSummary:
     shards_resumed: int = 0  # shards already done by an earlier, interrupted run
     seconds: float = 0.0
     status: str = "running"
+    warning: str | None = None  # something the user should know although the run completed
 
     @property
     def error_rate(self) -> float:
@@ -114,27 +154,22 @@ def ingest(
     workers: int = 1,
     options: dict | None = None,
     progress: Progress | None = None,
+    max_error_rate: float | None = None,
+    limits: caps.Limits | None = None,
 ) -> list[RunSummary]:
     """Ingest every requested split of one source from `<mirror>/<source>/`; one summary per split.
 
-    Rerunning after an interruption with the same arguments resumes; running with other
-    arguments (or after a completed run) replaces the split's rows.
+    Each split's rows replace the old ones in one commit at the end of its run, and only when the
+    run completes with at most `max_error_rate` of its records rejected; otherwise IngestFailed.
+    Rerunning after an interruption or a fault with the same arguments resumes.
     """
+    root = check_request(catalog.dir, source_name, mirror, splits, limit)
     source = registry.get(source_name)
     info = source.INFO
-    root = Path(mirror or catalog.dir / "mirror") / info.name
-    if not root.is_dir():
-        raise MirrorError(
-            f"no mirror of {info.name} at {root}; run `ocrcat fetch {info.name}` "
-            f"or `ocrcat sample-mirror {root.parent}`, or pass --mirror"
-        )
     opts = registry.parse_options(source, []) | (options or {})
-    for split in splits or []:
-        if split not in info.splits:
-            raise ValueError(f"{info.name} has no split {split!r}; its splits are: {', '.join(info.splits)}")
     summaries = []
     for split in splits or list(info.splits):
-        shards = source.plan(root, split, opts)
+        shards = _plan(source, root, split, opts)
         if not shards:
             if splits is None:
                 continue  # a mirror may hold only some splits; ingest those it has
@@ -146,13 +181,45 @@ def ingest(
                 "to finish (or stop it), then rerun: an interrupted run resumes")
         with catalog.exclusive(f"ingest-{info.name}-{split}", busy):
             summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
-                                           progress or NoProgress()))
+                                           progress or NoProgress(), max_error_rate, limits or caps.Limits()))
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
-    # One commit per shard leaves many small files and snapshots: merge them, expire the shard
-    # snapshots, and sweep image files that no kept snapshot references.
-    compact(catalog)
+    # One commit per shard leaves many small files and snapshots: merge the files, expire the
+    # shard snapshots, and sweep image files that no kept snapshot references.
+    try:
+        compact(catalog)
+    except UnsafeSweep as exc:
+        summaries[-1].warning = str(exc)
     return summaries
+
+
+def check_request(catalog_dir: str | Path, source_name: str, mirror: str | Path | None,
+                  splits: list[str] | None, limit: int | None) -> Path:
+    """Check what a user asked for before anything is created; returns the source's mirror folder."""
+    info = registry.get(source_name).INFO
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be 1 or more (got {limit}); leave it out to ingest every record")
+    for split in splits or []:
+        if split not in info.splits:
+            raise ValueError(f"{info.name} has no split {split!r}; its splits are: {', '.join(info.splits)}")
+    root = Path(mirror or Path(catalog_dir) / "mirror") / info.name
+    if not root.is_dir():
+        raise MirrorError(
+            f"no mirror of {info.name} at {root}; run `ocrcat fetch {info.name}` "
+            f"or `ocrcat sample-mirror {root.parent}`, or pass --mirror"
+        )
+    return root
+
+
+def _plan(source, root: Path, split: str, options: dict) -> list[Shard]:
+    """The source's shards; a file that cannot be planned (corrupt, wrong schema) fails the run."""
+    try:
+        return source.plan(root, split, options)
+    except (MirrorError, ValueError, IngestFailed):
+        raise
+    except Exception as exc:
+        raise IngestFailed(f"{source.INFO.name}/{split}: planning failed: {_cause(exc)}; "
+                           "nothing was written; fix or re-fetch that file and rerun") from None
 
 
 def _apply_limit(shards: list[Shard], limit: int | None) -> list[Shard]:
@@ -170,9 +237,10 @@ def _apply_limit(shards: list[Shard], limit: int | None) -> list[Shard]:
     return kept
 
 
-def _fingerprint(source: str, split: str, options: dict, limit: int | None, mode: str) -> str:
+def _fingerprint(source: str, split: str, options: dict, limit: int | None, mode: str, limits: caps.Limits) -> str:
     """What shapes the rows of a run: same fingerprint = an interrupted run may be resumed."""
-    text = json.dumps([source, split, options, limit, mode], sort_keys=True, default=str)
+    text = json.dumps([source, split, options, limit, mode] + ([limits.as_dict()] if limits != caps.Limits() else []),
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -185,42 +253,13 @@ def _ingest_split(
     limit: int | None,
     workers: int,
     progress: Progress,
+    max_error_rate: float | None,
+    limits: caps.Limits,
 ) -> RunSummary:
-    con = catalog.con
-    fingerprint = _fingerprint(source, split, options, limit, catalog.vision_mode)
-    arguments = json.dumps({"options": options, "limit": limit, "workers": workers}, default=str)
-
-    def start(con) -> tuple[int, bool]:
-        last = con.execute(
-            "SELECT run_id, status, fingerprint FROM ingest_runs WHERE source = ? AND split = ? "
-            "ORDER BY run_id DESC LIMIT 1",
-            [source, split],
-        ).fetchone()
-        resume = last is not None and last[1] != "completed" and last[2] == fingerprint
-        if not resume:
-            # A fresh run replaces whatever the catalog holds for this source and split.
-            for table in ("samples", "ingest_errors", "ingest_shards"):
-                con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
-        # No sequences in the lake: max + 1, safe because commits take turns (Catalog.commit).
-        run_id = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchone()[0]
-        con.execute(
-            "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status, "
-            "resumed_from) VALUES (?, ?, ?, ?, ?, now(), 'running', ?)",
-            [run_id, source, split, fingerprint, arguments, last[0] if resume else None],
-        )
-        return run_id, resume
-
-    run_id, _ = catalog.commit(start, f"ingest {source}/{split}: start", kind="run-start",
-                               source=source, split=split)
-
-    done = {
-        key: (rows, errors, skipped)
-        for key, rows, errors, skipped in con.execute(
-            "SELECT shard_key, rows, errors, skipped FROM ingest_shards "
-            "WHERE source = ? AND split = ? AND fingerprint = ?",
-            [source, split, fingerprint],
-        ).fetchall()
-    }
+    fingerprint = _fingerprint(source, split, options, limit, catalog.vision_mode, limits)
+    arguments = {"options": options, "limit": limit, "workers": workers, "max_error_rate": max_error_rate,
+                 "limits": limits.as_dict()}
+    run_id, done = _start_run(catalog, source, split, fingerprint, arguments)
     summary = RunSummary(run_id, source, split, shards_total=len(shards), shards_resumed=len(done))
     for rows, errors, skipped in done.values():
         summary.rows += rows
@@ -230,75 +269,287 @@ def _ingest_split(
     progress.start(source, split, sum(s.size for s in shards), sum(s.size for s in shards if s.key in done))
 
     started = time.perf_counter()
+    message = None
     try:
-        for result in _process(pending, source, split, catalog.dir, catalog.vision_mode, options, workers):
-            rows, errors = _commit_shard(catalog, source, split, fingerprint, run_id, result)
-            summary.rows += rows
-            summary.errors += errors
-            summary.skipped += result.skipped
-            summary.images += result.images
-            progress.advance(rows + errors + result.skipped, rows, errors, result.images)
+        results = _process(pending, (source, split, str(catalog.dir), catalog.vision_mode, options, limits, run_id),
+                           workers)
+        with closing(results):  # an early exit kills the workers now, not when garbage is collected
+            for result in results:
+                _land_shard(catalog, source, split, fingerprint, run_id, result, summary)
+                progress.advance(result.records, result.landed, result.rejected, result.images)
+        if max_error_rate is not None and summary.error_rate > max_error_rate:
+            raise ErrorRateExceeded(
+                f"{source}/{split}: {summary.errors} of {summary.rows + summary.errors} records rejected "
+                f"(error rate {summary.error_rate:.2%}) is above --max-error-rate {max_error_rate:.2%}; "
+                "the previous rows are unchanged; see the rejected records with "
+                f"ocrcat sql \"SELECT * FROM ingest_errors WHERE run_id = {run_id}\""
+            )
+        try:
+            _commit_run(catalog, source, split, fingerprint, summary)
+        except Exception as exc:
+            raise IngestFailed(f"{source}/{split}: the final commit to the catalog at {catalog.dir} failed: "
+                               f"{_cause(exc)}; the previous rows are unchanged; fix the cause and rerun "
+                               "the same command (its shards are kept)") from None
         summary.status = "completed"
     except KeyboardInterrupt:
-        summary.status = "interrupted"
+        summary.status, message = "interrupted", "interrupted"
         raise
-    except BaseException:
-        summary.status = "failed"
+    except BaseException as exc:
+        summary.status, message = "failed", str(exc) or type(exc).__name__
         raise
     finally:
         summary.seconds = time.perf_counter() - started
         progress.finish()
-
-        def finish(con):
-            con.execute(
-                "UPDATE ingest_runs SET status = ?, finished_at = now(), rows = ?, errors = ?, skipped = ?, "
-                "snapshot = ? WHERE run_id = ?",
-                [summary.status, summary.rows, summary.errors, summary.skipped, catalog.next_snapshot(), run_id],
-            )
-
-        catalog.commit(finish, f"ingest {source}/{split}: {summary.status}, {summary.rows} rows "
-                               f"(run {run_id})", kind="run-end", run_id=run_id, source=source, split=split,
-                       status=summary.status)
+        if summary.status != "completed":
+            _end_run(catalog, summary, message)
     return summary
 
 
-def _process(
-    shards: list[Shard], source: str, split: str, catalog_dir: Path, mode: str, options: dict, workers: int
-) -> Iterator[ShardResult]:
-    """Results of `process_shard` for every shard, in completion order, in `workers` processes."""
-    args = (source, split, str(catalog_dir), mode, options)
+def _land_shard(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
+                result: ShardResult, summary: RunSummary) -> None:
+    """Commit one shard's result and count it; a catalog write error fails the run."""
+    try:
+        result.landed, result.rejected = _commit_shard(catalog, source, split, fingerprint, run_id, result)
+    except Exception as exc:
+        raise IngestFailed(f"{source}/{split}: writing shard {result.shard_key} to the catalog at "
+                           f"{catalog.dir} failed: {_cause(exc)}; nothing of that shard landed and the "
+                           "previous rows are unchanged; fix the cause and rerun the same command to resume"
+                           ) from None
+    summary.rows += result.landed
+    summary.errors += result.rejected
+    summary.skipped += result.skipped
+    summary.images += result.images
+
+
+# --- The runner's SQL. Kept in these few functions so that the storage can change under them.
+# Plain INSERTs with explicit filters: no ON CONFLICT / INSERT OR IGNORE / primary keys relied on.
+
+
+def _next_run_id(con) -> int:
+    return con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchone()[0]
+
+
+def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
+               arguments: dict) -> tuple[int, dict[str, tuple[int, int, int]]]:
+    """Record a new run; returns its id and the shards already done by the run it resumes.
+
+    A run resumes the last run of its source and split when that one did not complete and had the
+    same fingerprint; otherwise it starts over, dropping what unfinished runs left pending. The
+    split's visible rows are not touched here: only `_commit_run` replaces them.
+    """
+
+    def start(con) -> tuple[int, int | None]:
+        last = con.execute(
+            "SELECT run_id, status, fingerprint FROM ingest_runs WHERE source = ? AND split = ? "
+            "ORDER BY run_id DESC LIMIT 1",
+            [source, split],
+        ).fetchone()
+        resume = last is not None and last[1] != "completed" and last[2] == fingerprint
+        if not resume:
+            for table in ("samples_pending", "ingest_shards"):
+                con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
+            # Errors of unfinished runs go too; those of the split's current rows stay until replaced.
+            con.execute(
+                "DELETE FROM ingest_errors WHERE source = ? AND split = ? AND run_id NOT IN "
+                "(SELECT run_id FROM ingest_runs WHERE status = 'completed')",
+                [source, split],
+            )
+        run_id = _next_run_id(con)
+        con.execute(
+            "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status, "
+            "resumed_from) VALUES (?, ?, ?, ?, ?, now(), 'running', ?)",
+            [run_id, source, split, fingerprint, json.dumps(arguments, default=str), last[0] if resume else None],
+        )
+        return run_id, last[0] if resume else None
+
+    run_id, _ = catalog.commit(start, f"ingest {source}/{split}: run started", kind="run-start",
+                               source=source, split=split)
+    done = {
+        key: (rows, errors, skipped)
+        for key, rows, errors, skipped in catalog.con.execute(
+            "SELECT shard_key, rows, errors, skipped FROM ingest_shards "
+            "WHERE source = ? AND split = ? AND fingerprint = ?",
+            [source, split, fingerprint],
+        ).fetchall()
+    }
+    return run_id, done
+
+
+def _commit_shard(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
+                  result: ShardResult) -> tuple[int, int]:
+    """Write a shard's rows (pending until the run commits), errors and done-mark in one transaction.
+
+    Returns (rows, errors). A key seen twice (in the shard, or in an earlier shard of this run) is
+    an error row; the first one is kept.
+    """
+    errors = list(result.errors)
+    rows, seen = [], set()
+    for row in result.rows:
+        if row["sample_id"] in seen:
+            errors.append(Rejected(row["source_key"], "insert", "duplicate source_key in this shard; first kept"))
+            continue
+        seen.add(row["sample_id"])
+        rows.append({**row, "ingest_run": run_id})
+    batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+
+    def write(con) -> tuple[int, int]:
+        found = list(errors)
+        # Copied into a temporary table first: a join against the Arrow scan itself would push
+        # UBIGINT filters into pyarrow, which cannot hold ids above 2**63.
+        con.register("shard_arrow", batch)
+        con.execute("CREATE OR REPLACE TEMP TABLE shard_batch AS SELECT * FROM shard_arrow")
+        con.unregister("shard_arrow")
+        earlier = "(SELECT sample_id FROM samples_pending WHERE source = ? AND split = ?)"
+        repeated = con.execute(
+            f"SELECT source_key FROM shard_batch WHERE sample_id IN {earlier} ORDER BY source_key", [source, split]
+        ).fetchall()
+        for (key,) in repeated:
+            found.append(Rejected(key, "insert", "duplicate source_key: an earlier shard had it; first kept"))
+        con.execute(f"INSERT INTO samples_pending SELECT * FROM shard_batch WHERE sample_id NOT IN {earlier}",
+                    [source, split])
+        con.execute("DROP TABLE shard_batch")
+        if found:
+            con.executemany(
+                "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
+                [[run_id, source, split, e.source_key, e.stage, e.message] for e in found],
+            )
+        inserted = len(rows) - len(repeated)
+        con.execute(
+            "INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [source, split, fingerprint, result.shard_key, run_id, inserted, len(found), result.skipped],
+        )
+        return inserted, len(found)
+
+    return catalog.commit(write, f"ingest {source}/{split}: shard {result.shard_key} (run {run_id})",
+                          kind="shard", run_id=run_id)
+
+
+def _commit_run(catalog: Catalog, source: str, split: str, fingerprint: str, summary: RunSummary) -> None:
+    """Replace the split's rows by the run's pending rows and mark the run completed, in one commit
+    (the snapshot `ingest_runs.snapshot` names)."""
+
+    def replace(con) -> None:
+        con.execute("DELETE FROM samples WHERE source = ? AND split = ?", [source, split])
+        con.execute("INSERT INTO samples SELECT * FROM samples_pending WHERE source = ? AND split = ?",
+                    [source, split])
+        con.execute("DELETE FROM samples_pending WHERE source = ? AND split = ?", [source, split])
+        # The errors that describe the new rows are those of the runs that wrote its shards.
+        con.execute(
+            "DELETE FROM ingest_errors WHERE source = ? AND split = ? AND run_id NOT IN "
+            "(SELECT run_id FROM ingest_shards WHERE source = ? AND split = ? AND fingerprint = ?)",
+            [source, split, source, split, fingerprint],
+        )
+        con.execute(
+            "UPDATE ingest_runs SET status = 'completed', finished_at = now(), rows = ?, errors = ?, "
+            "skipped = ?, snapshot = ? WHERE run_id = ?",
+            [summary.rows, summary.errors, summary.skipped, catalog.next_snapshot(), summary.run_id],
+        )
+
+    catalog.commit(replace, f"ingest {source}/{split}: completed, {summary.rows} rows (run {summary.run_id})",
+                   kind="run-end", run_id=summary.run_id, source=source, split=split, status="completed")
+
+
+def _end_run(catalog: Catalog, summary: RunSummary, message: str | None) -> None:
+    """Record how an unfinished run ended. Best effort: never hides the error that ended it."""
+    try:
+        catalog.commit(lambda con: con.execute(
+            "UPDATE ingest_runs SET status = ?, finished_at = now(), rows = ?, errors = ?, skipped = ?, "
+            "message = ?, snapshot = ? WHERE run_id = ?",
+            [summary.status, summary.rows, summary.errors, summary.skipped, message, catalog.next_snapshot(),
+             summary.run_id],
+        ), f"ingest {summary.source}/{summary.split}: {summary.status} (run {summary.run_id})", kind="run-end",
+            run_id=summary.run_id, source=summary.source, split=summary.split, status=summary.status)
+    except Exception:
+        pass  # e.g. the disk under the catalog is full: the run stays `running`, which resumes the same
+
+
+# --- Workers.
+
+
+def _process(shards: list[Shard], args: tuple, workers: int) -> Iterator[ShardResult]:
+    """Results of `process_shard` for every shard, in completion order, in `workers` processes.
+
+    A shard that faults raises IngestFailed; so does a worker that dies. On any early exit the
+    workers are killed at once rather than left to finish (or block) on their own.
+    """
+    source, split = args[:2]
     if workers <= 1 or len(shards) <= 1:
         for shard in shards:
-            yield process_shard(shard, *args)
+            yield _unwrap(source, split, shard.key, lambda: process_shard(shard, *args))
         return
     # spawn, not fork: the parent holds a DuckDB connection and threads that must not be copied.
     ctx = multiprocessing.get_context("spawn")
     queue = iter(shards)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        running = {pool.submit(process_shard, s, *args) for s in itertools.islice(queue, workers * 2)}
-        try:
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-                    nxt = next(queue, None)
-                    if nxt is not None:
-                        running.add(pool.submit(process_shard, nxt, *args))
-        finally:
-            for future in running:
-                future.cancel()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+                               initargs=(os.getpid(),))
+    finished_normally = False
+    try:
+        running = {pool.submit(process_shard, s, *args): s.key for s in itertools.islice(queue, workers * 2)}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = running.pop(future)
+                yield _unwrap(source, split, key, future.result, in_flight=list(running.values()))
+                nxt = next(queue, None)
+                if nxt is not None:
+                    running[pool.submit(process_shard, nxt, *args)] = nxt.key
+        finished_normally = True
+    finally:
+        if not finished_normally:
+            # Python 3.11 has no public way to stop busy workers; their Process objects are here.
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.kill()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _unwrap(source: str, split: str, key: str, get, in_flight: list[str] = ()) -> ShardResult:
+    """A shard's result, or IngestFailed naming the shard and the real cause."""
+    try:
+        return get()
+    except ShardFault as exc:
+        raise IngestFailed(f"{source}/{split}: {exc}") from None
+    except BrokenProcessPool:
+        shards = ", ".join([key, *in_flight])
+        raise IngestFailed(f"{source}/{split}: a worker process died (killed, or out of memory?) while "
+                           f"working on shard(s) {shards}; nothing of them landed; rerun the same command "
+                           "to resume (with fewer --workers if memory ran out)") from None
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Tie a worker's life to its parent's: SIGKILL, SIGTERM or Ctrl-C of the parent ends it too."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the kernel kills us when the parent dies
+    except (OSError, AttributeError):
+        pass  # not Linux: the watchdog below still ends us within a second
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(1)
 
 
 def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, mode: str,
-                  options: dict) -> ShardResult:
-    """Read one shard and turn its records into rows, storing images. Runs in a worker."""
+                  options: dict, limits: caps.Limits, run_id: int) -> ShardResult:
+    """Read one shard and turn its records into rows, storing images. Runs in a worker.
+
+    Bad records become `Rejected` in the result; anything that stops the shard itself (an I/O
+    error, a full disk, a corrupt file, a reader that breaks) raises ShardFault instead, so that
+    nothing of the shard lands.
+    """
     source = registry.get(source_name)
-    store = ImageStore(catalog_dir)
+    caps.use(limits)
+    store = _run_store(catalog_dir, limits.max_image_pixels, run_id)
     result = ShardResult(shard.key)
     limit = shard.payload.get("_limit")
-    records = source.read(shard, options)
     try:
-        for record in itertools.islice(records, limit):
+        for record in itertools.islice(source.read(shard, options), limit):
             if isinstance(record, Skipped):
                 result.skipped += 1
             elif isinstance(record, Rejected):
@@ -307,9 +558,37 @@ def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, 
                 row = _to_row(record, source.INFO.kind, source_name, split, store, mode, result)
                 if row is not None:
                     result.rows.append(row)
-    except Exception as exc:  # a reader that fails mid-shard (corrupt file): the rest of it is an error
-        result.errors.append(Rejected(shard.key, "read", f"{type(exc).__name__}: {exc}"))
+    except Exception as exc:
+        raise ShardFault(f"shard {shard.key} ({_shard_file(shard)}) failed: {_cause(exc)}; nothing of "
+                         "this shard landed; fix the cause and rerun the same command to resume") from None
     return result
+
+
+_store: tuple[tuple, ImageStore] | None = None
+
+
+def _run_store(catalog_dir: str, max_pixels: int, run_id: int) -> ImageStore:
+    """One image store per run and process: it remembers the images it verified, so a repeat costs
+    a hash. Never longer than a run: a later run's sweep may delete files this one stored."""
+    global _store
+    key = (catalog_dir, max_pixels, run_id, os.getpid())
+    if _store is None or _store[0] != key:
+        _store = (key, ImageStore(catalog_dir, max_pixels))
+    return _store[1]
+
+
+def _shard_file(shard: Shard) -> str:
+    p = shard.payload
+    return str(p.get("path") or p.get("file") or p.get("root") or "file unknown")
+
+
+def _cause(exc: BaseException) -> str:
+    """The real cause, in one line: OSError's text already names errno and file."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return f"{exc.strerror or os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})" + (
+            f": {exc.filename}" if exc.filename else "")
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStore, mode: str,
@@ -343,51 +622,3 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
             image_tokens=vision.count_image_tokens(image.width, image.height, mode),
         )
     return row
-
-
-def _commit_shard(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                  result: ShardResult) -> tuple[int, int]:
-    """Write a shard's rows, errors and done-mark in one transaction; returns (rows, errors)."""
-    errors = list(result.errors)
-    rows, seen = [], set()
-    for row in result.rows:
-        if row["sample_id"] in seen:
-            errors.append(Rejected(row["source_key"], "insert", "duplicate source_key in this shard; first kept"))
-            continue
-        seen.add(row["sample_id"])
-        rows.append({**row, "ingest_run": run_id})
-    batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
-
-    def write(con) -> tuple[int, int]:
-        found = list(errors)
-        con.register("shard_batch", batch)
-        try:
-            # No primary key in the lake: ids already in this split (a source repeating a key across
-            # shards) are found by a semi-join against the split's ids, and the first row is kept.
-            existing = con.execute(
-                "SELECT source_key FROM shard_batch WHERE sample_id IN "
-                "(SELECT sample_id FROM samples WHERE source = ? AND split = ?) ORDER BY source_key",
-                [source, split],
-            ).fetchall()
-            for (key,) in existing:
-                found.append(Rejected(key, "insert", "duplicate source_key: already in the catalog; first kept"))
-            inserted = con.execute(
-                "INSERT INTO samples SELECT * FROM shard_batch WHERE sample_id NOT IN "
-                "(SELECT sample_id FROM samples WHERE source = ? AND split = ?)",
-                [source, split],
-            ).fetchone()[0] if existing else con.execute("INSERT INTO samples SELECT * FROM shard_batch").fetchone()[0]
-            if found:
-                con.executemany(
-                    "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
-                    [[run_id, source, split, e.source_key, e.stage, e.message] for e in found],
-                )
-            con.execute(
-                "INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [source, split, fingerprint, result.shard_key, run_id, inserted, len(found), result.skipped],
-            )
-        finally:
-            con.unregister("shard_batch")
-        return inserted, len(found)
-
-    return catalog.commit(write, f"ingest {source}/{split}: shard {result.shard_key} (run {run_id})",
-                          kind="shard", run_id=run_id)
