@@ -40,6 +40,16 @@ def history(catalog: Catalog, *, shards: bool = False, limit: int | None = None)
     return out
 
 
+def stable_snapshot(catalog: Catalog) -> int:
+    """The newest snapshot at or before the one read now that is not a shard commit. Shard commits
+    change only the pending rows of running ingests, so `samples` and the mixtures read the same
+    there; and unlike a shard snapshot it is never expired by `compact`: the id to record."""
+    return catalog.con.execute(
+        f"""SELECT max(snapshot_id) FROM {LAKE}.snapshots()
+            WHERE snapshot_id <= ? AND coalesce(json_extract_string(commit_extra_info, '$.kind'), '') <> 'shard'""",
+        [catalog.snapshot()]).fetchone()[0]
+
+
 def _describe(changes: str) -> str:
     """A message for commits that did not set one (schema creation, `ocrcat sql --write`)."""
     return changes.strip("{}") or "(no change recorded)"
@@ -132,9 +142,11 @@ def referenced_images(catalog: Catalog, source: str | None = None) -> set[str]:
     rows = con.execute(
         f"""SELECT DISTINCT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples', ?, ?)
             WHERE {where}
+            UNION SELECT DISTINCT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples_pending', ?, ?)
+            WHERE {where}
             UNION SELECT DISTINCT image_path FROM samples WHERE {where}
             UNION SELECT DISTINCT image_path FROM samples_pending WHERE {where}""",
-        [first, last] + params * 3,
+        [first, last] + params + [first, last] + params * 3,
     ).fetchall()
     return {path for (path,) in rows}
 

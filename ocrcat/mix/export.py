@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ocrcat.catalog import Catalog
+from ocrcat.catalog.snapshots import stable_snapshot
 from ocrcat.mix.mixtures import PLAN_ORDER, MixtureError, check_split, entries_sql, get_mixture
 
 ROW_GROUP = 1024
@@ -143,7 +144,7 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
         "vision_mode": catalog.vision_mode,
         "catalog": str(root),
         "catalog_state": catalog_state(catalog),
-        "snapshot": catalog.snapshot(),
+        "snapshot": stable_snapshot(catalog),
         "image_root": str(root),
         "relative_paths": relative_paths,
         "format": format,
