@@ -662,21 +662,28 @@ def rollback(
 
 
 @app.command()
-def compact(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+def compact(
+    expire_before: Annotated[Optional[int], typer.Option(
+        "--expire-before", metavar="SNAPSHOT",
+        help="also expire every snapshot older than this one (no --at or rollback to them afterwards); "
+             "frees the files and images only they used")] = None,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Merge small data files, expire the per-shard snapshots of ended ingests, delete files and
     images that no kept snapshot needs. Every ingest ends with this; run it after interrupted ones.
 
-    Example: ocrcat compact
+    Example: ocrcat compact --expire-before 40
     """
     from ocrcat.catalog.snapshots import compact as run_compact
 
     with user_errors(), Catalog(catalog) as cat:
-        result = run_compact(cat)
+        result = run_compact(cat, older_than_snapshot=expire_before)
     if as_json:
         print_json(result)
     else:
         console.print(f"data files {result['data_files_before']} -> {result['data_files_after']}, "
-                      f"{result['expired_snapshots']} shard snapshots expired, {result['images_swept']} image files swept")
+                      f"{result['expired_snapshots']} snapshots expired, {result['images_swept']} image files swept")
 
 
 @app.command()

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 from ocrcat.catalog import Catalog
+from ocrcat.catalog.snapshots import referenced_images
 from ocrcat.ingest import chartqa, smoltalk
 from ocrcat.ingest.parquet import split_file_name, write_hub_parquet
 
@@ -106,8 +107,9 @@ def image_files(catalog: Path) -> set[str]:
 
 
 def referenced(catalog: Path) -> set[str]:
+    """Images some kept snapshot's rows reference: the ones the sweep must keep (rollback, --at)."""
     with Catalog(catalog, read_only=True) as cat:
-        return {p for (p,) in cat.con.execute("SELECT DISTINCT image_path FROM samples").fetchall()}
+        return referenced_images(cat)
 
 
 @pytest.fixture
@@ -160,7 +162,7 @@ def test_full_image_disk_fails_the_run_keeps_old_rows_and_resumes(tmp_path, tmpf
     assert resumed.returncode == 0, resumed.stderr
     assert last_run(catalog)["resumed_from"] == run_row["run_id"]
     assert snapshot(catalog) == clean_snapshot(tmp_path, new)
-    assert image_files(catalog) == referenced(catalog)  # the old split's images were swept
+    assert image_files(catalog) == referenced(catalog)  # the killed shard's images were swept
     assert pending_rows(catalog) == 0
 
 

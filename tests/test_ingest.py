@@ -21,6 +21,7 @@ from PIL import Image
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog
+from ocrcat.catalog.snapshots import compact
 from ocrcat.ingest import chartqa
 from ocrcat.ingest.latex_formulas import strip_align
 from ocrcat.ingest.parquet import split_file_name, write_hub_parquet
@@ -175,7 +176,11 @@ def test_reingest_replaces_rows_and_limit_cuts(sample_mirror_factory, catalog_di
     assert full[0] == full[1] == len(mirror_records(root, "mathwriting"))
     assert by_split["train"] == 7 and by_split["val"] == by_split["test"] == 4
     files = [p for p in (catalog_dir / "images").rglob("*") if p.is_file()]
-    assert len(files) == 7 + 4 + 4  # replaced rows' images were swept
+    assert len(files) == 40  # replaced rows' images stay while a kept snapshot (rollback, --at) needs them
+    with Catalog(catalog_dir) as cat:
+        compact(cat, older_than_snapshot=cat.snapshot())  # expire every earlier snapshot
+    files = [p for p in (catalog_dir / "images").rglob("*") if p.is_file()]
+    assert len(files) == 7 + 4 + 4  # now the replaced rows' images are swept
 
 
 def test_unknown_split_and_missing_mirror_are_clear(tmp_path, sample_mirror_factory, catalog_dir):

@@ -185,12 +185,13 @@ def compact(catalog: Catalog, *, older_than_snapshot: int | None = None) -> dict
             elif older_than_snapshot is not None and snap["snapshot"] < older_than_snapshot:
                 expire.append(snap["snapshot"])
         for function in ("ducklake_flush_inlined_data", "ducklake_merge_adjacent_files"):
-            catalog.commit(lambda con: con.execute(f"SELECT count(*) FROM {function}('{LAKE}')"),
+            # fetchall: DuckDB runs a SELECT as its rows are fetched; unfetched, the call does nothing
+            catalog.commit(lambda con: con.execute(f"SELECT count(*) FROM {function}('{LAKE}')").fetchall(),
                            "compact", locked=True, kind="compact")
         if expire:
-            con.execute(f"SELECT count(*) FROM ducklake_expire_snapshots('{LAKE}', versions => ?)", [expire])
-        con.execute(f"SELECT count(*) FROM ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)")
-        con.execute(f"SELECT count(*) FROM ducklake_delete_orphaned_files('{LAKE}', cleanup_all => true)")
+            con.execute(f"SELECT count(*) FROM ducklake_expire_snapshots('{LAKE}', versions => ?)", [expire]).fetchall()
+        con.execute(f"SELECT count(*) FROM ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)").fetchall()
+        con.execute(f"SELECT count(*) FROM ducklake_delete_orphaned_files('{LAKE}', cleanup_all => true)").fetchall()
         swept = sweep_images(catalog)
     return {"expired_snapshots": len(expire), "data_files_before": files_before,
             "data_files_after": _file_count(catalog), "images_swept": swept}
