@@ -20,7 +20,7 @@ from rich.table import Table
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, CatalogError
-from ocrcat.catalog.stats import catalog_stats
+from ocrcat.inspection.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
 from ocrcat.ingest.base import MirrorError
 from ocrcat.ingest.runner import RunSummary, ingest as run_ingest
@@ -276,8 +276,8 @@ def stats(
 
     Example: ocrcat stats --tokenizer byte --plot stats-png/ --json
     """
-    from ocrcat.catalog.plots import write_plots
-    from ocrcat.catalog.stats import MEASURES, TOKEN_MEASURES, source_stats
+    from ocrcat.inspection.plots import write_plots
+    from ocrcat.inspection.stats import MEASURES, TOKEN_MEASURES, source_stats
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         tok = _load_tokenizer(tokenizer)
@@ -338,7 +338,7 @@ def validate(
 
     Example: ocrcat validate --deep --source chartqa
     """
-    from ocrcat.catalog.validate import CHECKS, validate as run_validate
+    from ocrcat.inspection.validate import CHECKS, validate as run_validate
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         results = run_validate(cat, source, deep=deep)
@@ -375,7 +375,7 @@ def report(
 
     Example: ocrcat report --out report.html --seed 3 --per-source 8
     """
-    from ocrcat.catalog.report import build_report
+    from ocrcat.inspection.report import build_report
 
     if per_source < 0:
         err.print("[bold red]error:[/] --per-source must be 0 or more")
@@ -398,7 +398,7 @@ def show(
 
     Example: ocrcat show 4186833955207072339 --open --to /tmp/look
     """
-    from ocrcat.catalog.show import parse_sample_id, sample_facts, write_quick_look
+    from ocrcat.inspection.show import parse_sample_id, sample_facts, write_quick_look
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         facts = sample_facts(cat, parse_sample_id(sample), _load_tokenizer(tokenizer))

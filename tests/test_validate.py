@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ocrcat.catalog import Catalog, CatalogError, sample_id
-from ocrcat.catalog.validate import image_problem, path_problem, validate
+from ocrcat.inspection.validate import image_problem, path_problem, validate
 from ocrcat.cli import app
 from ocrcat.ingest.runner import ingest
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from ocrcat import vision
 from ocrcat.catalog.store import Catalog, CatalogError, sample_id
+from ocrcat.mix.mixtures import describe_mixture, view_name
 
 MAX_EXAMPLES = 5
 BATCH = 10_000  # rows fetched at a time where Python has to look at every row
@@ -260,8 +261,6 @@ def _mixture_checks(catalog: Catalog) -> list[CheckResult]:
     The view `mix_<name>` is SQL fixed when the mixture was stored; a definition edited afterwards,
     or a catalog re-ingested under it, shows up here as counts that no longer agree.
     """
-    from ocrcat.mix.mixtures import describe_mixture, view_name
-
     results = []
     for (name,) in catalog.con.execute("SELECT name FROM mixtures ORDER BY name").fetchall():
         source = f"mixture:{name}"
@@ -293,8 +292,6 @@ def _mixture_checks(catalog: Catalog) -> list[CheckResult]:
 
 def mixture_descriptions(catalog: Catalog) -> Iterator[tuple[str, dict | None, str | None]]:
     """(name, describe_mixture's answer, None) per stored mixture, or (name, None, why not)."""
-    from ocrcat.mix.mixtures import describe_mixture
-
     for (name,) in catalog.con.execute("SELECT name FROM mixtures ORDER BY name").fetchall():
         try:
             yield name, describe_mixture(catalog, name), None
