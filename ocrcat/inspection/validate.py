@@ -196,9 +196,10 @@ def _conversation_check(con, sources: list[str]) -> list[CheckResult]:
         WHERE turns IS NULL OR len(turns) - off < 2 OR (len(turns) - off) % 2 = 1
         UNION
         SELECT sample_id FROM turn
+        -- (x->>'role') in parentheses: DuckDB 1.5 parses `… AND x->>'role' = …` with ->> binding last
         WHERE NOT coalesce(json_type(x) = 'OBJECT' AND json_type(x, 'content') = 'VARCHAR'
-                           AND length(x->>'content') > 0
-                           AND x->>'role' = CASE WHEN i <= off THEN 'system'
+                           AND length((x->>'content')) > 0
+                           AND (x->>'role') = CASE WHEN i <= off THEN 'system'
                                                  WHEN (i - off) % 2 = 1 THEN 'user' ELSE 'assistant' END, false)
     """
     return _sql_check(con, sources, "conversation", "kind = 'text'",
