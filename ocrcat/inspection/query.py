@@ -67,9 +67,9 @@ def read_only_query(catalog: str | os.PathLike | None, sql: str, allow: Sequence
         for statement in con.extract_statements(sql):
             if statement.type not in QUERY_TYPES:
                 raise Refused(
-                    f"ocrcat sql runs only queries (SELECT, FROM, WITH, DESCRIBE, SHOW, SUMMARIZE) unless "
-                    f"--write is given; refused a {statement.type.name} statement before running anything, "
-                    "so nothing changed"
+                    f"ocrcat sql is read-only without --write: it runs queries only (SELECT, FROM, WITH, "
+                    f"DESCRIBE, SHOW, SUMMARIZE); refused a {statement.type.name} statement before running "
+                    "anything, so nothing changed"
                 )
         try:
             result = con.execute(sql)
