@@ -106,7 +106,11 @@ def _catalog_files(cat: Catalog) -> list[str]:
 
     None for the single catalog.duckdb file (DuckDB opened it before the lock). A catalog whose
     tables live in data files (DuckLake) lists exactly those files here, never its folder: a folder
-    would let maintenance functions write and delete in it.
+    would let maintenance functions write and delete in it. Checked by hand on DuckLake 1.5.5 with
+    SQLite metadata: `allowed_paths` = the `data_file` and `delete_file` columns of
+    `ducklake_list_files(lake, table)` for every table is enough to query the current snapshot
+    (the SQLite file is opened by SQLite itself, not through DuckDB's file checks), and
+    `ducklake_cleanup_old_files` / `ducklake_merge_adjacent_files` then fail without touching a file.
     """
     return []
 
