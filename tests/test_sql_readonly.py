@@ -158,6 +158,12 @@ def test_queries_and_allowed_reads_still_work(env):
     assert snapshot(env) == before
 
 
+def test_no_statement_is_a_user_error(env):
+    for query in ["", "  ;", "/* only a comment */"]:
+        out = CliRunner().invoke(app, ["sql", query, "--catalog", str(env / "catalog")])
+        assert out.exit_code == 2 and out.stderr.startswith("error: no SQL statement given"), (query, out.output)
+
+
 def test_allow_may_not_reach_into_the_catalog(env):
     before = snapshot(env)
     for allow in [env / "catalog", env / "catalog" / "images", env, "."]:

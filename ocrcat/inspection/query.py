@@ -64,7 +64,10 @@ def read_only_query(catalog: str | os.PathLike | None, sql: str, allow: Sequence
         con.execute("SET autoload_known_extensions = false")
         con.execute("SET enable_external_access = false")  # one-way: DuckDB never turns it back on
         con.execute("SET lock_configuration = true")
-        for statement in con.extract_statements(sql):
+        statements = con.extract_statements(sql)
+        if not statements:
+            raise CatalogError("no SQL statement given, e.g. ocrcat sql \"SELECT count(*) FROM samples\"")
+        for statement in statements:
             if statement.type not in QUERY_TYPES:
                 raise Refused(
                     f"ocrcat sql is read-only without --write: it runs queries only (SELECT, FROM, WITH, "
