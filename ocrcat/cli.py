@@ -280,8 +280,8 @@ def sql(
             if allow:
                 raise ValueError("--allow is for queries without --write (with --write every file is reachable)")
             with Catalog(catalog) as cat:
-                result = cat.con.execute(query)
-                columns = [d[0] for d in result.description] if result.description else []
+                result = cat.con.execute(query)  # None for an empty query
+                columns = [d[0] for d in result.description] if result is not None and result.description else []
                 answer = QueryResult(columns, result.fetchall() if columns else [])
         else:
             answer = read_only_query(catalog, query, allow or [])
