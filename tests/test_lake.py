@@ -253,3 +253,46 @@ def test_extensions_load_offline_from_the_packages(tmp_path):
     assert link.name == "sqlite_scanner.duckdb_extension"
     assert link.resolve().parts[-4:] == ("duckdb_extension_sqlite", "extensions", f"v{duckdb.__version__}",
                                          "sqlite.duckdb_extension")
+
+
+def test_read_only_sql_reads_the_lake_files_and_changes_none(sample_mirror_factory, tmp_path):
+    """The sandbox of `ocrcat sql` lets DuckLake read exactly the snapshot's Parquet files; DuckLake's
+    maintenance functions (SELECTs that would write or delete data files) and writes are refused,
+    and no file under the catalog changes."""
+    catalog_dir = tmp_path / "catalog"
+    root = sample_mirror_factory("chartqa", rows=120)
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=40)
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=30)  # old files stay for snapshots
+        for i in range(2):  # two small files of one table: work for a merge
+            cat.commit(lambda con: con.execute("INSERT INTO mixture_components SELECT 'm', i, 'c' || i, 'true', 1 "
+                                               "FROM range(20) t(i)"), "small files")
+        snapshots = cat.con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0]
+    common = ["--catalog", str(catalog_dir)]
+
+    def tree() -> dict[str, int]:
+        return {p.relative_to(catalog_dir).as_posix(): p.stat().st_mtime_ns for p in catalog_dir.rglob("*")
+                if p.is_file() and p.suffix != ".lock" and "-wal" not in p.name and "-shm" not in p.name}
+
+    before = tree()
+    assert any(name.startswith("lake/") and name.endswith(".parquet") for name in before)
+    counted = subprocess.run(OCRCAT + ["sql", "SELECT count(*) AS n FROM samples", "--json"] + common,
+                             capture_output=True, text=True)
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout) == [{"n": 30}]
+    for statement in ("SELECT * FROM ducklake_merge_adjacent_files('lake')",
+                      "SELECT * FROM ducklake_cleanup_old_files('lake', cleanup_all => true)",
+                      "SELECT * FROM ducklake_delete_orphaned_files('lake', cleanup_all => true)",
+                      "SELECT * FROM ducklake_expire_snapshots('lake', versions => [1, 2, 3])",
+                      "SELECT * FROM samples AT (VERSION => 1)",
+                      f"COPY (SELECT 1) TO '{catalog_dir}/images/x.csv'",
+                      "DELETE FROM samples"):
+        done = subprocess.run(OCRCAT + ["sql", statement] + common, capture_output=True, text=True)
+        if "AT (VERSION" in statement:
+            assert done.returncode == 0, done.stderr  # time travel to an earlier snapshot only reads
+        elif statement.startswith(("COPY", "DELETE")) or "merge" in statement:  # the others find nothing to do
+            assert done.returncode == 2, (statement, done.stdout)
+        assert tree() == before, statement  # whatever the outcome: no file written, deleted or changed
+    with Catalog(catalog_dir, read_only=True) as cat:
+        assert cat.con.execute("SELECT count(*) FROM samples").fetchone()[0] == 30
+        assert cat.con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0] == snapshots

@@ -31,6 +31,7 @@ from typing import Sequence
 import duckdb
 
 from ocrcat.catalog import Catalog, CatalogError
+from ocrcat.catalog.store import LAKE
 from ocrcat.catalog.sqltext import bind_json_arrows
 
 QUERY_TYPES = {duckdb.StatementType.SELECT}
@@ -51,13 +52,15 @@ def read_only_query(catalog: str | os.PathLike | None, sql: str, allow: Sequence
 
     `allow`: files or folders the query may read besides the catalog (Parquet exports, CSV files);
     they must lie outside the catalog folder. The catalog is opened by this call and closed before
-    it returns (DuckDB shares one instance per file within a process: do not call it while this
-    process holds the same catalog.duckdb open elsewhere, or that connection is locked too). Raises Refused for a statement that is not a query,
+    it returns. Raises Refused for a statement that is not a query,
     CatalogError for a path it may not read, duckdb.Error for anything else DuckDB rejects.
     """
     with tempfile.TemporaryDirectory(prefix="ocrcat-sql-") as spill, Catalog(catalog, read_only=True) as cat:
-        files, folders = _readable(cat, allow)
         con = cat.con
+        # One transaction, so one snapshot: the data files listed as readable below are exactly
+        # those the query reads, whatever an ingest commits meanwhile.
+        con.execute("BEGIN TRANSACTION")
+        files, folders = _readable(cat, allow)
         con.execute("SET temp_directory = ?", [spill])  # a big sort spills here, never into the catalog
         con.execute("SET allowed_paths = ?", [files])
         con.execute("SET allowed_directories = ?", [folders])
@@ -107,17 +110,17 @@ def _readable(cat: Catalog, allow: Sequence[str | os.PathLike]) -> tuple[list[st
 
 
 def _catalog_files(cat: Catalog) -> list[str]:
-    """Files the catalog's tables are read from while external access is off.
-
-    None for the single catalog.duckdb file (DuckDB opened it before the lock). A catalog whose
-    tables live in data files (DuckLake) lists exactly those files here, never its folder: a folder
-    would let maintenance functions write and delete in it. Checked by hand on DuckLake 1.5.5 with
-    SQLite metadata: `allowed_paths` = the `data_file` and `delete_file` columns of
-    `ducklake_list_files(lake, table)` for every table is enough to query the current snapshot
-    (the SQLite file is opened by SQLite itself, not through DuckDB's file checks), and
-    `ducklake_cleanup_old_files` / `ducklake_merge_adjacent_files` then fail without touching a file.
-    """
-    return []
+    """Files the catalog's tables are read from while external access is off: exactly the Parquet
+    data and delete files of every table in the snapshot being read (`ducklake_list_files`), never
+    the folder, which would let DuckLake's maintenance functions write and delete in it. The
+    metadata file (catalog.sqlite) is opened by SQLite itself, not through DuckDB's file checks."""
+    files = []
+    tables = cat.con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [LAKE]).fetchall()
+    for (table,) in tables:
+        for data, delete in cat.con.execute("SELECT data_file, delete_file FROM ducklake_list_files(?, ?)",
+                                            [LAKE, table]).fetchall():
+            files += [f for f in (data, delete) if f]
+    return files
 
 
 def _permission_message(exc: duckdb.PermissionException) -> str:
