@@ -212,8 +212,10 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from ocrcat.catalog import images
     from ocrcat.catalog import Catalog
+    from ocrcat.ingest import runner
     from ocrcat.ingest.runner import ingest
 
+    runner.COMMIT_RECORDS = 1  # commit every shard as it finishes (batched by default)
     calls = 0
     real_put = images.ImageStore.put
 

@@ -23,6 +23,7 @@ compaction that ends every ingest (`ocrcat.catalog.snapshots.compact`).
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import errno
 import hashlib
@@ -75,6 +76,13 @@ SAMPLE_SCHEMA = pa.schema(
 )
 assert SAMPLE_SCHEMA.names == SAMPLE_COLUMN_NAMES
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+# Finished shards are committed together, once this many records or seconds have gathered: a lake
+# commit costs a fraction of a second whatever its size (a Parquet file, a snapshot, SQLite
+# writes), and sources cut into 100-row shards would otherwise spend most of their time there.
+# Still whole shards or nothing; an interruption loses at most this much finished work.
+COMMIT_RECORDS = 5000
+COMMIT_SECONDS = 5.0
 
 
 class IngestFailed(RuntimeError):
@@ -274,9 +282,7 @@ def _ingest_split(
         results = _process(pending, (source, split, str(catalog.dir), catalog.vision_mode, options, limits, run_id),
                            workers)
         with closing(results):  # an early exit kills the workers now, not when garbage is collected
-            for result in results:
-                _land_shard(catalog, source, split, fingerprint, run_id, result, summary)
-                progress.advance(result.records, result.landed, result.rejected, result.images)
+            _land_in_batches(catalog, source, split, fingerprint, run_id, results, summary, progress)
         if max_error_rate is not None and summary.error_rate > max_error_rate:
             raise ErrorRateExceeded(
                 f"{source}/{split}: {summary.errors} of {summary.rows + summary.errors} records rejected "
@@ -305,20 +311,53 @@ def _ingest_split(
     return summary
 
 
-def _land_shard(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                result: ShardResult, summary: RunSummary) -> None:
-    """Commit one shard's result and count it; a catalog write error fails the run."""
+def _land_in_batches(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
+                     results: Iterator[ShardResult], summary: RunSummary, progress: Progress) -> None:
+    """Commit finished shards in batches (COMMIT_RECORDS / COMMIT_SECONDS). When reading a later
+    shard fails, the shards already finished are committed first, so a rerun resumes after them."""
+    batch: list[ShardResult] = []
+    gathered, since = 0, time.monotonic()
+
+    def land() -> None:
+        nonlocal gathered, since
+        if batch:
+            _land_shards(catalog, source, split, fingerprint, run_id, batch, summary)
+            for result in batch:
+                progress.advance(result.records, result.landed, result.rejected, result.images)
+        batch.clear()
+        gathered, since = 0, time.monotonic()
+
+    while True:
+        try:
+            result = next(results)
+        except StopIteration:
+            break
+        except BaseException:
+            land()
+            raise
+        batch.append(result)
+        gathered += len(result.rows) + len(result.errors) + result.skipped  # `records` counts only once landed
+        if gathered >= COMMIT_RECORDS or time.monotonic() - since >= COMMIT_SECONDS:
+            land()
+    land()
+
+
+def _land_shards(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
+                 results: list[ShardResult], summary: RunSummary) -> None:
+    """Commit finished shards' results and count them; a catalog write error fails the run."""
     try:
-        result.landed, result.rejected = _commit_shard(catalog, source, split, fingerprint, run_id, result)
+        _commit_shards(catalog, source, split, fingerprint, run_id, results)
     except Exception as exc:
-        raise IngestFailed(f"{source}/{split}: writing shard {result.shard_key} to the catalog at "
-                           f"{catalog.dir} failed: {_cause(exc)}; nothing of that shard landed and the "
+        keys = ", ".join(r.shard_key for r in results[:3]) + (f" and {len(results) - 3} more" if len(results) > 3 else "")
+        raise IngestFailed(f"{source}/{split}: writing shard(s) {keys} to the catalog at "
+                           f"{catalog.dir} failed: {_cause(exc)}; nothing of those shards landed and the "
                            "previous rows are unchanged; fix the cause and rerun the same command to resume"
                            ) from None
-    summary.rows += result.landed
-    summary.errors += result.rejected
-    summary.skipped += result.skipped
-    summary.images += result.images
+    for result in results:
+        summary.rows += result.landed
+        summary.errors += result.rejected
+        summary.skipped += result.skipped
+        summary.images += result.images
 
 
 # --- The runner's SQL. Kept in these few functions so that the storage can change under them.
@@ -375,25 +414,28 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
     return run_id, done
 
 
-def _commit_shard(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                  result: ShardResult) -> tuple[int, int]:
-    """Write a shard's rows (pending until the run commits), errors and done-mark in one transaction.
+def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
+                   results: list[ShardResult]) -> None:
+    """Write finished shards' rows (pending until the run commits), errors and done-marks in one
+    commit; sets each result's `landed` and `rejected`.
 
-    Returns (rows, errors). A key seen twice (in the shard, or in an earlier shard of this run) is
-    an error row; the first one is kept.
+    A key seen twice (in a shard, in an earlier shard of the batch, or in an earlier commit of this
+    run) is an error row of the later shard; the first one is kept.
     """
-    errors = list(result.errors)
-    rows, seen = [], set()
-    for row in result.rows:
-        if row["sample_id"] in seen:
-            errors.append(Rejected(row["source_key"], "insert", "duplicate source_key in this shard; first kept"))
-            continue
-        seen.add(row["sample_id"])
-        rows.append({**row, "ingest_run": run_id})
-    batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+    rows, errors, seen = [], [], set()
+    for index, result in enumerate(results):
+        errors.append(list(result.errors))
+        for row in result.rows:
+            if row["sample_id"] in seen:
+                errors[index].append(Rejected(row["source_key"], "insert", "duplicate source_key in this run; first kept"))
+                continue
+            seen.add(row["sample_id"])
+            rows.append({**row, "ingest_run": run_id, "_shard": index})
+    batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA.append(pa.field("_shard", pa.int32())))
+    per_shard = collections.Counter(row["_shard"] for row in rows)
 
-    def write(con) -> tuple[int, int]:
-        found = list(errors)
+    def write(con) -> None:
+        found = [list(e) for e in errors]
         # Copied into a temporary table first: a join against the Arrow scan itself would push
         # UBIGINT filters into pyarrow, which cannot hold ids above 2**63.
         con.register("shard_arrow", batch)
@@ -401,27 +443,26 @@ def _commit_shard(catalog: Catalog, source: str, split: str, fingerprint: str, r
         con.unregister("shard_arrow")
         earlier = "(SELECT sample_id FROM samples_pending WHERE source = ? AND split = ?)"
         repeated = con.execute(
-            f"SELECT source_key FROM shard_batch WHERE sample_id IN {earlier} ORDER BY source_key", [source, split]
-        ).fetchall()
-        for (key,) in repeated:
-            found.append(Rejected(key, "insert", "duplicate source_key: an earlier shard had it; first kept"))
-        con.execute(f"INSERT INTO samples_pending SELECT * FROM shard_batch WHERE sample_id NOT IN {earlier}",
-                    [source, split])
+            f"SELECT _shard, source_key FROM shard_batch WHERE sample_id IN {earlier} ORDER BY source_key",
+            [source, split]).fetchall()
+        for index, key in repeated:
+            found[index].append(Rejected(key, "insert", "duplicate source_key: an earlier shard had it; first kept"))
+        con.execute(f"INSERT INTO samples_pending SELECT * EXCLUDE (_shard) FROM shard_batch "
+                    f"WHERE sample_id NOT IN {earlier}", [source, split])
         con.execute("DROP TABLE shard_batch")
-        if found:
-            con.executemany(
-                "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
-                [[run_id, source, split, e.source_key, e.stage, e.message] for e in found],
-            )
-        inserted = len(rows) - len(repeated)
-        con.execute(
-            "INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [source, split, fingerprint, result.shard_key, run_id, inserted, len(found), result.skipped],
-        )
-        return inserted, len(found)
+        rejected = [[run_id, source, split, e.source_key, e.stage, e.message] for f in found for e in f]
+        if rejected:
+            con.executemany("INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)", rejected)
+        marks = []
+        for index, result in enumerate(results):
+            result.landed = per_shard[index] - sum(1 for i, _ in repeated if i == index)
+            result.rejected = len(found[index])
+            marks.append([source, split, fingerprint, result.shard_key, run_id, result.landed, result.rejected,
+                          result.skipped])
+        con.executemany("INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)", marks)
 
-    return catalog.commit(write, f"ingest {source}/{split}: shard {result.shard_key} (run {run_id})",
-                          kind="shard", run_id=run_id)
+    first = results[0].shard_key + (f" (+{len(results) - 1} more)" if len(results) > 1 else "")
+    catalog.commit(write, f"ingest {source}/{split}: shards {first} (run {run_id})", kind="shard", run_id=run_id)
 
 
 def _commit_run(catalog: Catalog, source: str, split: str, fingerprint: str, summary: RunSummary) -> None:
