@@ -349,7 +349,7 @@ def _land_shards(catalog: Catalog, source: str, split: str, fingerprint: str, ru
         _commit_shards(catalog, source, split, fingerprint, run_id, results)
     except Exception as exc:
         keys = ", ".join(r.shard_key for r in results[:3]) + (f" and {len(results) - 3} more" if len(results) > 3 else "")
-        raise IngestFailed(f"{source}/{split}: writing shard(s) {keys} to the catalog at "
+        raise IngestFailed(f"{source}/{split}: writing shard{'s' if len(results) > 1 else ''} {keys} to the catalog at "
                            f"{catalog.dir} failed: {_cause(exc)}; nothing of those shards landed and the "
                            "previous rows are unchanged; fix the cause and rerun the same command to resume"
                            ) from None
