@@ -9,11 +9,13 @@ words tarball alone is 4 GB. So planning stages them once (a partitioned hash jo
 tarball is streamed a single time and every member is appended to the pack file of its bucket
 (a stable hash of the table name). A shard is then one bucket of one split: its worker reads
 three small pack files and holds only that bucket in memory, however large the tarballs are.
-The staging folder is reused while the tarballs are unchanged (a manifest records them).
+The staging folder (default `<catalog>/staging/pubtables`) is reused while the tarballs are
+unchanged (a manifest records them); it is locked while in use and replaced only whole.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -22,6 +24,7 @@ import os
 import random
 import shutil
 import struct
+import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -44,7 +47,7 @@ INFO = SourceInfo(
 )
 OPTIONS = {
     "tables_per_shard": Option(256, "tables per shard (a staging bucket); a worker holds one bucket"),
-    "staging": Option("", "folder for the staged join [default: <mirror>/pubtables/.ocrcat-staging]"),
+    "staging": Option("", "folder for the staged join [default: <catalog>/staging/pubtables]"),
 }
 PROMPT = "Convert this table to HTML."
 HUB_SPLITS = {"Train": "train", "Val": "val", "Test": "test"}
@@ -103,21 +106,112 @@ def read_pack(path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def stage(root: Path, staging: Path, per_shard: int) -> dict:
-    """Stream every tarball once into per-bucket pack files; returns the manifest (cached)."""
+    """The manifest of a complete staging of the mirror's tarballs, built when missing or stale.
+
+    The staging folder is locked while in use (`<staging>.lock`, flock): building takes it
+    exclusively, using takes it shared, and this process keeps its shared hold until it exits, so
+    no other ingest rebuilds the folder under its workers. A build is written under a temporary
+    name and renamed into place with its manifest (listing every pack file's size) already in it,
+    so an incomplete or damaged staging is never reused.
+    """
     tarballs = _tarballs(root)
     words = root / WORDS_TARBALL
     files = [p for _, p in tarballs["annotations"] + tarballs["images"]] + ([words] if words.is_file() else [])
     signature = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files] + [per_shard]
-    manifest_path = staging / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest["signature"] == signature:
-            return manifest
-    if staging.exists() and any(staging.iterdir()) and not manifest_path.exists():
+    if staging.exists() and any(staging.iterdir()) and not (staging / "manifest.json").exists():
         raise MirrorError(f"staging folder {staging} exists and is not an ocrcat staging folder; "
                           "give an empty or new one with -o staging=DIR")
-    tmp = staging.with_name(staging.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    lock = _StagingLock(staging)
+    if not lock.try_exclusive():
+        # Someone else holds it: another ingest using it (shared) or building it (exclusive).
+        if not lock.try_shared():
+            print(f"pubtables: waiting for process {lock.holder()} to finish staging {staging} ...",
+                  file=sys.stderr, flush=True)
+            lock.shared()
+        manifest = _complete_manifest(staging, signature)
+        if manifest is not None:
+            return manifest
+        lock.unlock()  # missing (its builder died) or made from other tarballs: build it, if nobody uses it
+        if not lock.try_exclusive():
+            raise MirrorError(f"staging folder {staging} is in use by another ingest (process {lock.holder()}) "
+                              "and holds other tarballs than this mirror's; wait for that ingest to end, "
+                              "or give this one its own folder with -o staging=DIR")
+    manifest = _complete_manifest(staging, signature) or _build(tarballs, words, staging, signature, per_shard)
+    lock.shared()  # a downgrade: others may use it now, nobody may rebuild it while this process lives
+    return manifest
+
+
+class _StagingLock:
+    """flock on `<staging>.lock`; the file names the process that last took it exclusively."""
+
+    held: dict[str, "_StagingLock"] = {}  # kept until the process exits: the workers read the packs
+
+    def __init__(self, staging: Path):
+        self.path = staging.with_name(staging.name + ".lock")
+        previous = self.held.pop(str(self.path), None)
+        if previous is not None:
+            previous.release()  # this process staged it before: start over from no lock
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MirrorError(f"cannot create the staging lock {self.path} ({exc}); pass "
+                              "-o staging=DIR on a writable disk with room for the unpacked tarballs") from None
+        self.held[str(self.path)] = self
+
+    def _flock(self, how: int) -> bool:
+        try:
+            fcntl.flock(self.fd, how)
+            return True
+        except BlockingIOError:
+            return False
+
+    def try_exclusive(self) -> bool:
+        if not self._flock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+            return False
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return True
+
+    def try_shared(self) -> bool:
+        return self._flock(fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+    def shared(self) -> None:
+        self._flock(fcntl.LOCK_SH)
+
+    def unlock(self) -> None:
+        self._flock(fcntl.LOCK_UN)
+
+    def holder(self) -> str:
+        return os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+    def release(self) -> None:
+        os.close(self.fd)
+        self.held.pop(str(self.path), None)
+
+
+def _complete_manifest(staging: Path, signature: list) -> dict | None:
+    """The manifest of `staging` when it is complete, intact and made from these tarballs."""
+    try:
+        manifest = json.loads((staging / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("signature") != signature or not isinstance(manifest.get("packs"), dict):
+        return None
+    for name, size in manifest["packs"].items():
+        try:
+            if (staging / name).stat().st_size != size:
+                return None
+        except OSError:
+            return None
+    return manifest
+
+
+def _build(tarballs: dict, words: Path, staging: Path, signature: list, per_shard: int) -> dict:
+    """Stream every tarball once into per-bucket pack files, under a temporary name; then rename."""
+    for old in staging.parent.glob(f"{staging.name}.tmp-*"):  # left by a killed build (we hold the lock)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = staging.with_name(f"{staging.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
     except OSError as exc:
@@ -145,15 +239,22 @@ def stage(root: Path, staging: Path, per_shard: int) -> dict:
             name = _table_name(member.name, "_words.json")
             if name:
                 _append(tmp / f"{_bucket(name, buckets):05d}.words.pack", name, data)
-    manifest = {"signature": signature, "buckets": buckets, "counts": counts, "words": words.is_file()}
-    (tmp / "manifest.json").write_text(json.dumps(manifest))
+    packs = {p.name: p.stat().st_size for p in tmp.iterdir()}
+    manifest = {"signature": signature, "buckets": buckets, "counts": counts, "words": words.is_file(),
+                "packs": packs}
+    (tmp / "manifest.json").write_text(json.dumps(manifest))  # written last: its presence means complete
     shutil.rmtree(staging, ignore_errors=True)
     os.replace(tmp, staging)
     return manifest
 
 
 def _staging_dir(root: Path, options: dict) -> Path:
-    return Path(options.get("staging") or root / ".ocrcat-staging")
+    """-o staging=DIR, else `<catalog>/staging/pubtables` (mirrors may be read-only or shared)."""
+    if options.get("staging"):
+        return Path(options["staging"])
+    if options.get("_catalog"):
+        return Path(options["_catalog"]) / "staging" / "pubtables"
+    return root / ".ocrcat-staging"  # called outside an ingest (no catalog)
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:

@@ -161,9 +161,10 @@ def ingest(
     source = registry.get(source_name)
     info = source.INFO
     opts = registry.parse_options(source, []) | (options or {})
+    planning = opts | {"_catalog": str(catalog.dir)}  # where a source may keep work files (staging)
     summaries = []
     for split in splits or list(info.splits):
-        shards = _plan(source, root, split, opts)
+        shards = _plan(source, root, split, planning)
         if not shards:
             if splits is None:
                 continue  # a mirror may hold only some splits; ingest those it has
