@@ -8,7 +8,9 @@ members, JSON) check against `current()`.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 from ocrcat.catalog.images import MAX_PIXELS
 
@@ -41,6 +43,17 @@ def use(limits: Limits) -> None:
 
 def current() -> Limits:
     return _current
+
+
+@contextmanager
+def using(limits: Limits) -> Iterator[None]:
+    """The caps for the duration of a block (in the process that plans); restored afterwards."""
+    previous = _current
+    use(limits)
+    try:
+        yield
+    finally:
+        use(previous)
 
 
 def check_member_size(name: str, size: int) -> None:

@@ -32,7 +32,8 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-from ocrcat.ingest import synth
+from ocrcat.ingest import limits, synth, tars
+from ocrcat.ingest.limits import CapExceeded, loads_json
 from ocrcat.ingest.base import MirrorError, Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
 from ocrcat.ingest.pubtables_html import table_html
 
@@ -78,14 +79,10 @@ def _bucket(name: str, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") % buckets
 
 
-def _members(path: Path) -> Iterator[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]:
-    """(member, bytes) of each file of a tar.gz, streamed (mode r|gz: no seeking, no index)."""
+def _members(path: Path) -> Iterator[tuple[tarfile.TarInfo, bytes | CapExceeded]]:
+    """(member, bytes) of each file of a tar.gz, streamed; CapExceeded for one over the member cap."""
     try:
-        with tarfile.open(path, "r|gz") as tar:
-            for member in tar:
-                if member.isfile():
-                    f = tar.extractfile(member)
-                    yield member, f.read() if f else b""
+        yield from tars.iter_files(path)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise MirrorError(f"{path.name} is not a readable tar.gz ({exc}); fetch it again") from None
 
@@ -117,7 +114,8 @@ def stage(root: Path, staging: Path, per_shard: int) -> dict:
     tarballs = _tarballs(root)
     words = root / WORDS_TARBALL
     files = [p for _, p in tarballs["annotations"] + tarballs["images"]] + ([words] if words.is_file() else [])
-    signature = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files] + [per_shard]
+    signature = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files] + [
+        per_shard, limits.current().max_member_bytes]
     if staging.exists() and any(staging.iterdir()) and not (staging / "manifest.json").exists():
         raise MirrorError(f"staging folder {staging} exists and is not an ocrcat staging folder; "
                           "give an empty or new one with -o staging=DIR")
@@ -221,27 +219,37 @@ def _build(tarballs: dict, words: Path, staging: Path, signature: list, per_shar
     total = sum(1 for _, p in tarballs["annotations"] for m, _ in _members(p) if _table_name(m.name, ".xml"))
     buckets = max(1, math.ceil(total / per_shard))
     counts: dict[str, dict[str, int]] = {}
+    refused: dict[str, str] = {}  # table -> why one of its members was not staged (over the member cap)
+
+    def add(pack: Path, name: str, data: bytes | CapExceeded) -> None:
+        if isinstance(data, CapExceeded):
+            refused[name] = str(data)
+        else:
+            _append(pack, name, data)
+
     for split, path in tarballs["annotations"]:
         counts[split] = {}
         for member, data in _members(path):
             name = _table_name(member.name, ".xml")
             if name:
                 b = _bucket(name, buckets)
-                _append(tmp / f"{split}-{b:05d}.xml.pack", name, data)
+                add(tmp / f"{split}-{b:05d}.xml.pack", name, data)
+                if isinstance(data, CapExceeded):  # still a record (its error row): an empty entry
+                    _append(tmp / f"{split}-{b:05d}.xml.pack", name, b"")
                 counts[split][str(b)] = counts[split].get(str(b), 0) + 1
     for split, path in tarballs["images"]:
         for member, data in _members(path):
             name = _table_name(member.name, ".jpg")
             if name:
-                _append(tmp / f"{split}-{_bucket(name, buckets):05d}.jpg.pack", name, data)
+                add(tmp / f"{split}-{_bucket(name, buckets):05d}.jpg.pack", name, data)
     if words.is_file():
         for member, data in _members(words):
             name = _table_name(member.name, "_words.json")
             if name:
-                _append(tmp / f"{_bucket(name, buckets):05d}.words.pack", name, data)
+                add(tmp / f"{_bucket(name, buckets):05d}.words.pack", name, data)
     packs = {p.name: p.stat().st_size for p in tmp.iterdir()}
     manifest = {"signature": signature, "buckets": buckets, "counts": counts, "words": words.is_file(),
-                "packs": packs}
+                "packs": packs, "refused": refused}
     (tmp / "manifest.json").write_text(json.dumps(manifest))  # written last: its presence means complete
     shutil.rmtree(staging, ignore_errors=True)
     os.replace(tmp, staging)
@@ -261,8 +269,10 @@ def plan(root: Path, split: str, options: dict) -> list[Shard]:
     staging = _staging_dir(root, options)
     manifest = stage(root, staging, max(1, int(options.get("tables_per_shard", 256))))
     counts = manifest["counts"].get(split, {})
+    refused = manifest.get("refused", {})
     return [Shard(f"bucket-{int(b):05d}-of-{manifest['buckets']}", n,
-                  {"staging": str(staging), "split": split, "bucket": int(b), "words": manifest["words"]})
+                  {"staging": str(staging), "split": split, "bucket": int(b), "words": manifest["words"],
+                   "refused": {t: m for t, m in refused.items() if _bucket(t, manifest["buckets"]) == int(b)}})
             for b, n in sorted(counts.items(), key=lambda kv: int(kv[0]))]
 
 
@@ -274,6 +284,9 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
     words = {n: d for n, d in read_pack(staging / f"{tag}.words.pack") if n in wanted}
     images = {n: d for n, d in read_pack(staging / f"{p['split']}-{tag}.jpg.pack") if n in wanted}
     for name, xml_data in annotations:
+        if name in p.get("refused", {}):
+            yield Rejected(name, "read", p["refused"][name])
+            continue
         yield _table(name, xml_data, words.pop(name, None), images.pop(name, None), p["words"])
 
 
@@ -284,7 +297,7 @@ def _table(name: str, xml_data: bytes, words_data: bytes | None, image: bytes | 
         where = WORDS_TARBALL if have_words else f"the mirror ({WORDS_TARBALL} is missing)"
         return Rejected(name, "read", f"no {name}_words.json in {where}")
     try:
-        words = json.loads(words_data)
+        words = loads_json(words_data)
         if not isinstance(words, list):
             raise ValueError("words JSON is not a list")
     except ValueError as exc:

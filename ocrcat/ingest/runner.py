@@ -162,16 +162,18 @@ def ingest(
     info = source.INFO
     opts = registry.parse_options(source, []) | (options or {})
     planning = opts | {"_catalog": str(catalog.dir)}  # where a source may keep work files (staging)
+    limits = limits or caps.Limits()
     summaries = []
-    for split in splits or list(info.splits):
-        shards = _plan(source, root, split, planning)
-        if not shards:
-            if splits is None:
-                continue  # a mirror may hold only some splits; ingest those it has
-            raise MirrorError(f"the mirror at {root} has no {split} files for {info.name}")
-        shards = _apply_limit(shards, limit)
-        summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
-                                       progress or NoProgress(), max_error_rate, limits or caps.Limits()))
+    with caps.using(limits):  # planning reads archives too (PubTables staging)
+        for split in splits or list(info.splits):
+            shards = _plan(source, root, split, planning)
+            if not shards:
+                if splits is None:
+                    continue  # a mirror may hold only some splits; ingest those it has
+                raise MirrorError(f"the mirror at {root} has no {split} files for {info.name}")
+            shards = _apply_limit(shards, limit)
+            summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
+                                           progress or NoProgress(), max_error_rate, limits))
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
     return summaries
