@@ -53,13 +53,19 @@ class Catalog:
         self.dir = resolve_dir(path)
         self.db_path = self.dir / DB_NAME
         self.read_only = read_only
+        if self.dir.exists() and not self.dir.is_dir():
+            raise CatalogError(f"the catalog path {self.dir} is a file, not a folder; give --catalog (or "
+                               "$OCRCAT_HOME) a folder, which is created if missing")
         if read_only and not self.db_path.exists():
             raise CatalogError(
                 f"no catalog at {self.dir}: ingest something first (ocrcat ingest …) "
                 "or point --catalog / $OCRCAT_HOME at an existing one"
             )
         if not read_only:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CatalogError(f"cannot create the catalog folder {self.dir}: {exc.strerror}") from None
         self.con = _connect(self.db_path, read_only)
         if not read_only:
             for statement in DDL:

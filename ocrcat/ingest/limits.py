@@ -61,9 +61,13 @@ def check_member_size(name: str, size: int) -> None:
     cap = _current.max_member_bytes
     if size > cap:
         raise CapExceeded(
-            f"archive member {name!r} is {size / 2**20:,.1f} MiB, above the {cap / 2**20:g} MiB member cap; "
+            f"archive member {name!r} is {_size(size)}, above the {_size(cap)} member cap; "
             "if it is real, raise the cap (ocrcat ingest --max-member-mb N)"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def loads_json(text: str | bytes) -> object:
