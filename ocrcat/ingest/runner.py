@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import itertools
 import json
@@ -489,10 +490,8 @@ def _process(shards: list[Shard], args: tuple, workers: int) -> Iterator[ShardRe
         for shard in shards:
             yield _unwrap(source, split, shard.key, lambda: process_shard(shard, *args))
         return
-    # spawn, not fork: the parent holds a DuckDB connection and threads that must not be copied.
-    ctx = multiprocessing.get_context("spawn")
     queue = iter(shards)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_worker_init,
                                initargs=(os.getpid(),))
     finished_normally = False
     try:
@@ -527,23 +526,59 @@ def _unwrap(source: str, split: str, key: str, get, in_flight: list[str] = ()) -
                            "to resume (with fewer --workers if memory ran out)") from None
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Tie a worker's life to its parent's: SIGKILL, SIGTERM or Ctrl-C of the parent ends it too."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+def _worker_context():
+    """Workers are forked from a fork server that imported the ingest code once.
+
+    Not plain fork: the main process holds a DuckDB connection and threads that must not be
+    copied. Not spawn: every worker of every split would import pyarrow, DuckDB and PIL again
+    (~0.5 s of CPU each). The server is started once per process and reused by every pool; it
+    exits when this process dies, and its workers with it (see _worker_init).
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ocrcat.ingest.runner"])
+    return ctx
+
+
+def _worker_init(main_pid: int) -> None:
+    """Tie a worker's life to the ingest's: SIGKILL, SIGTERM or Ctrl-C of it ends the worker too.
+
+    The worker's parent is the main process (spawn) or the fork server, which exits as soon as the
+    main process is gone; either way the kernel kills the worker when its parent dies
+    (PR_SET_PDEATHSIG), and a watchdog thread checks both pids as a second line.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the kernel kills us when the parent dies
     except (OSError, AttributeError):
-        pass  # not Linux: the watchdog below still ends us within a second
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        pass  # not Linux: the watchdog below still ends us within half a second
+    if not _alive(main_pid) or os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+    threading.Thread(target=_watch, args=(parent, main_pid), daemon=True, name="parent-watchdog").start()
 
 
-def _watch_parent(parent_pid: int) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0): it is dead all the same.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return True  # no /proc: trust kill(0)
+
+
+def _watch(parent: int, main_pid: int) -> None:
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent_pid:
+        if os.getppid() != parent or not _alive(main_pid):
             os._exit(1)
 
 
@@ -603,6 +638,9 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_image_tokens = functools.lru_cache(maxsize=4096)(vision.count_image_tokens)  # sizes repeat (charts, pages)
+
+
 def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStore, mode: str,
             result: ShardResult) -> dict | None:
     """The catalog row of a sample; None (and an error) when a vision sample's image is unusable."""
@@ -631,6 +669,6 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
             image_width=image.width,
             image_height=image.height,
             image_bytes=image.bytes,
-            image_tokens=vision.count_image_tokens(image.width, image.height, mode),
+            image_tokens=_image_tokens(image.width, image.height, mode),
         )
     return row
