@@ -206,7 +206,7 @@ def test_full_catalog_disk_says_no_space_left(tmp_path, tmpfs):
     failed = run(["ingest", "smoltalk", "--mirror", str(tmp_path / "m"), "--catalog", str(catalog)])
     assert failed.returncode == 1
     message = " ".join(failed.stderr.split())
-    assert "smoltalk/train: writing shard data/all/train-00000-of-00001.parquet:g" in message
+    assert "smoltalk/train: writing shard(s) data/all/train-00000-of-00001.parquet:g" in message
     assert "No space left on device" in message
     assert "no transaction is active" not in message and "Traceback" not in failed.stderr
 
