@@ -632,6 +632,7 @@ def export(
     relative_paths: Annotated[bool, typer.Option("--relative-paths", help="image paths relative to the catalog folder")] = False,
     at: Annotated[Optional[int], typer.Option("--at", metavar="SNAPSHOT",
                                               help="export the catalog as it was at this snapshot (ocrcat history)")] = None,
+    require_images: Annotated[bool, typer.Option("--require-images", help="refuse a plan whose image files are missing (default: warn)")] = False,
     catalog: CatalogOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -644,12 +645,17 @@ def export(
     from ocrcat.mix.export import export_mixture
 
     with user_errors(), Catalog(catalog, read_only=True, at=at) as cat:
-        manifest = export_mixture(cat, name, out, format, split, relative_paths)
+        manifest = export_mixture(cat, name, out, format, split, relative_paths,
+                                  require_images=require_images)
     if as_json:
         print_json(manifest)
     else:
         entry = manifest["exports"][split or "all"]
         console.print(f"wrote {entry['rows']} rows to {out / entry['file']} and {out / 'manifest.json'}")
+    if manifest["missing_images_count"] and not as_json:  # --json carries it in the manifest
+        err.print(f"[yellow]warning:[/] {manifest['missing_images_count']} image files of this plan are missing "
+                  "(listed in manifest.json under missing_images); training will fail on their rows",
+                  highlight=False)
 
 
 @app.command()

@@ -87,7 +87,10 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int, i
     try:
         with _pixel_cap(max_pixels), Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format, img.size
-            if img.getexif().get(0x0112) in (5, 6, 7, 8):
+            # PIL looks for a PNG's EXIF by decoding the whole image (it may follow the pixels):
+            # only ask when the file has an eXIf chunk at all.
+            has_exif = fmt != "PNG" or b"eXIf" in data
+            if has_exif and img.getexif().get(0x0112) in (5, 6, 7, 8):
                 # EXIF turns it by 90 degrees: the model sees the transposed image (SPEC 5),
                 # so record that size, or image_tokens would disagree with the crops.
                 width, height = height, width

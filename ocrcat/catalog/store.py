@@ -89,6 +89,9 @@ class Catalog:
         self.data_path = self.dir / DATA_DIR
         self.at = at
         self.read_only = read_only or at is not None
+        if self.dir.exists() and not self.dir.is_dir():
+            raise CatalogError(f"the catalog path {self.dir} is a file, not a folder; give --catalog (or "
+                               "$OCRCAT_HOME) a folder, which is created if missing")
         if not self.metadata_path.exists():
             if (self.dir / LEGACY_NAME).exists() and not _migrating:
                 raise CatalogError(
@@ -100,7 +103,10 @@ class Catalog:
                     f"no catalog at {self.dir}: ingest something first (ocrcat ingest …) "
                     "or point --catalog / $OCRCAT_HOME at an existing one"
                 )
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CatalogError(f"cannot create the catalog folder {self.dir}: {exc.strerror}") from None
         self.con = connect()
         if self.read_only:
             self._attach()

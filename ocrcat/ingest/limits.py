@@ -8,7 +8,9 @@ members, JSON) check against `current()`.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 from ocrcat.catalog.images import MAX_PIXELS
 
@@ -43,14 +45,29 @@ def current() -> Limits:
     return _current
 
 
+@contextmanager
+def using(limits: Limits) -> Iterator[None]:
+    """The caps for the duration of a block (in the process that plans); restored afterwards."""
+    previous = _current
+    use(limits)
+    try:
+        yield
+    finally:
+        use(previous)
+
+
 def check_member_size(name: str, size: int) -> None:
     """CapExceeded when an archive member is larger than the member cap (checked before reading it)."""
     cap = _current.max_member_bytes
     if size > cap:
         raise CapExceeded(
-            f"archive member {name!r} is {size / 2**20:,.1f} MiB, above the {cap / 2**20:g} MiB member cap; "
+            f"archive member {name!r} is {_size(size)}, above the {_size(cap)} member cap; "
             "if it is real, raise the cap (ocrcat ingest --max-member-mb N)"
         )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB" if n >= 2**20 else f"{n:,} bytes"
 
 
 def loads_json(text: str | bytes) -> object:

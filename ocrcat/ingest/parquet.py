@@ -8,6 +8,7 @@ to import, is then only loaded to write sample mirrors, never by ingest workers 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -58,7 +59,7 @@ def plan_files(files: list[Path], root: Path, rows_per_shard: int = ROWS_PER_SHA
                         key=f"{rel}:g{group}:{start}",
                         size=stop - start,
                         payload={"path": str(path), "file": rel, "group": group,
-                                 "start": start, "stop": stop,
+                                 "start": start, "stop": stop, "per_shard": rows_per_shard,
                                  "first_row": _rows_before(meta, group) + start},
                     )
                 )
@@ -126,8 +127,18 @@ def _rows_before(meta: pq.FileMetaData, group: int) -> int:
 def read_rows(shard: Shard, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row index within the file, row as a dict) for each row of a shard planned by plan_files."""
     p = shard.payload
-    table = pq.ParquetFile(p["path"]).read_row_group(p["group"], columns=columns)
-    table = table.slice(p["start"], p["stop"] - p["start"])
+    pf = pq.ParquetFile(p["path"])
+    if p["start"] == 0 and p["stop"] == pf.metadata.row_group(p["group"]).num_rows:
+        table = pf.read_row_group(p["group"], columns=columns)
+    else:
+        # A slice of a large row group: stream it in shard-sized batches and stop after this one,
+        # rather than decoding the whole group for every shard cut from it.
+        per, size = p.get("per_shard") or 0, p["stop"] - p["start"]
+        if per and p["start"] % per == 0 and size <= per:
+            batches = pf.iter_batches(batch_size=per, row_groups=[p["group"]], columns=columns)
+            table = pa.Table.from_batches([next(itertools.islice(batches, p["start"] // per, None))])
+        else:
+            table = pf.read_row_group(p["group"], columns=columns).slice(p["start"], size)
     for offset, row in enumerate(table.to_pylist()):
         yield p["first_row"] + offset, row
 

@@ -15,6 +15,8 @@ whole shard and the run, with a message naming the shard, the file and the cause
 The catalog is a lake (ocrcat.catalog.store): every commit above is one snapshot, made through
 `Catalog.commit`, which takes turns with other writers and retries a commit that lost a race, so
 ingests of other sources or splits run side by side; a second ingest of the same split is refused.
+A lake commit costs a fraction of a second whatever its size, so finished shards are gathered
+(COMMIT_RECORDS, COMMIT_SECONDS) and committed together: still whole shards or nothing.
 
 Images are written to their content address before their rows commit; files that no kept snapshot
 references (from a killed run, or a replaced one once its snapshots expire) are swept by the
@@ -23,9 +25,9 @@ compaction that ends every ingest (`ocrcat.catalog.snapshots.compact`).
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import errno
+import functools
 import hashlib
 import itertools
 import json
@@ -77,10 +79,10 @@ SAMPLE_SCHEMA = pa.schema(
 assert SAMPLE_SCHEMA.names == SAMPLE_COLUMN_NAMES
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-# Finished shards are committed together, once this many records or seconds have gathered: a lake
-# commit costs a fraction of a second whatever its size (a Parquet file, a snapshot, SQLite
-# writes), and sources cut into 100-row shards would otherwise spend most of their time there.
-# Still whole shards or nothing; an interruption loses at most this much finished work.
+# Finished shards are committed together once this many records or seconds have gathered: a lake
+# commit (a Parquet file, a snapshot, SQLite writes) costs a fraction of a second whatever its size,
+# and sources cut into 100-row shards would otherwise spend most of their time committing.
+# An interruption loses at most this much finished work.
 COMMIT_RECORDS = 5000
 COMMIT_SECONDS = 5.0
 
@@ -175,29 +177,33 @@ def ingest(
     source = registry.get(source_name)
     info = source.INFO
     opts = registry.parse_options(source, []) | (options or {})
+    planning = opts | {"_catalog": str(catalog.dir)}  # where a source may keep work files (staging)
+    limits = limits or caps.Limits()
     summaries = []
-    for split in splits or list(info.splits):
-        shards = _plan(source, root, split, opts)
-        if not shards:
-            if splits is None:
-                continue  # a mirror may hold only some splits; ingest those it has
-            raise MirrorError(f"the mirror at {root} has no {split} files for {info.name}")
-        shards = _apply_limit(shards, limit)
-        # Ingests of other sources or splits run side by side; two of the same split would
-        # replace each other's rows, so the second is refused while the first runs.
-        busy = (f"{info.name}/{split} is being ingested into {catalog.dir} by another process; wait for it "
-                "to finish (or stop it), then rerun: an interrupted run resumes")
-        with catalog.exclusive(f"ingest-{info.name}-{split}", busy):
-            summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
-                                           progress or NoProgress(), max_error_rate, limits or caps.Limits()))
+    with caps.using(limits):  # planning reads archives too (PubTables staging)
+        for split in splits or list(info.splits):
+            shards = _plan(source, root, split, planning)
+            if not shards:
+                if splits is None:
+                    continue  # a mirror may hold only some splits; ingest those it has
+                raise MirrorError(f"the mirror at {root} has no {split} files for {info.name}")
+            shards = _apply_limit(shards, limit)
+            # Ingests of other sources or splits run side by side; two of the same split would
+            # replace each other's rows, so the second is refused while the first runs.
+            busy = (f"{info.name}/{split} is being ingested into {catalog.dir} by another process; wait for "
+                    "it to finish (or stop it), then rerun: an interrupted run resumes")
+            with catalog.exclusive(f"ingest-{info.name}-{split}", busy):
+                summaries.append(_ingest_split(catalog, info.name, split, shards, opts, limit, workers,
+                                               progress or NoProgress(), max_error_rate, limits))
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
-    # One commit per shard leaves many small files and snapshots: merge the files, expire the
-    # shard snapshots, and sweep image files that no kept snapshot references.
+    # Merge the small files, expire the shard snapshots, sweep images no kept snapshot references.
     try:
         compact(catalog)
     except UnsafeSweep as exc:
         summaries[-1].warning = str(exc)
+    except OSError as exc:  # the rows are committed; leftover files are only wasted space
+        summaries[-1].warning = f"unreferenced images were not all swept: {_cause(exc)}"
     return summaries
 
 
@@ -279,10 +285,11 @@ def _ingest_split(
     started = time.perf_counter()
     message = None
     try:
+        seen = _pending_ids(catalog.con, source, split)
         results = _process(pending, (source, split, str(catalog.dir), catalog.vision_mode, options, limits, run_id),
                            workers)
         with closing(results):  # an early exit kills the workers now, not when garbage is collected
-            _land_in_batches(catalog, source, split, fingerprint, run_id, results, summary, progress)
+            _land_in_batches(catalog, source, split, fingerprint, run_id, results, summary, seen, progress)
         if max_error_rate is not None and summary.error_rate > max_error_rate:
             raise ErrorRateExceeded(
                 f"{source}/{split}: {summary.errors} of {summary.rows + summary.errors} records rejected "
@@ -312,16 +319,17 @@ def _ingest_split(
 
 
 def _land_in_batches(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                     results: Iterator[ShardResult], summary: RunSummary, progress: Progress) -> None:
-    """Commit finished shards in batches (COMMIT_RECORDS / COMMIT_SECONDS). When reading a later
-    shard fails, the shards already finished are committed first, so a rerun resumes after them."""
+                     results: Iterator[list[ShardResult]], summary: RunSummary, seen: set[int],
+                     progress: Progress) -> None:
+    """Commit finished shards in batches (COMMIT_RECORDS / COMMIT_SECONDS). When a later shard
+    fails, the shards already finished are committed first, so a rerun resumes after them."""
     batch: list[ShardResult] = []
     gathered, since = 0, time.monotonic()
 
     def land() -> None:
         nonlocal gathered, since
         if batch:
-            _land_shards(catalog, source, split, fingerprint, run_id, batch, summary)
+            _land_shards(catalog, source, split, fingerprint, run_id, batch, summary, seen)
             for result in batch:
                 progress.advance(result.records, result.landed, result.rejected, result.images)
         batch.clear()
@@ -329,31 +337,30 @@ def _land_in_batches(catalog: Catalog, source: str, split: str, fingerprint: str
 
     while True:
         try:
-            result = next(results)
+            finished = next(results)
         except StopIteration:
             break
         except BaseException:
             land()
             raise
-        batch.append(result)
-        gathered += len(result.rows) + len(result.errors) + result.skipped  # `records` counts only once landed
+        batch.extend(finished)
+        gathered += sum(len(r.rows) + len(r.errors) + r.skipped for r in finished)
         if gathered >= COMMIT_RECORDS or time.monotonic() - since >= COMMIT_SECONDS:
             land()
     land()
 
 
 def _land_shards(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                 results: list[ShardResult], summary: RunSummary) -> None:
-    """Commit finished shards' results and count them; a catalog write error fails the run."""
+                 batch: list[ShardResult], summary: RunSummary, seen: set[int]) -> None:
+    """Commit finished shards and count them; a catalog write error fails the run."""
     try:
-        _commit_shards(catalog, source, split, fingerprint, run_id, results)
+        _commit_shards(catalog, source, split, fingerprint, run_id, batch, seen)
     except Exception as exc:
-        keys = ", ".join(r.shard_key for r in results[:3]) + (f" and {len(results) - 3} more" if len(results) > 3 else "")
-        raise IngestFailed(f"{source}/{split}: writing shard{'s' if len(results) > 1 else ''} {keys} to the catalog at "
-                           f"{catalog.dir} failed: {_cause(exc)}; nothing of those shards landed and the "
-                           "previous rows are unchanged; fix the cause and rerun the same command to resume"
-                           ) from None
-    for result in results:
+        keys = ", ".join(r.shard_key for r in batch[:3]) + (f" and {len(batch) - 3} more" if len(batch) > 3 else "")
+        raise IngestFailed(f"{source}/{split}: writing shard(s) {keys} to the catalog at {catalog.dir} "
+                           f"failed: {_cause(exc)}; nothing of them landed and the previous rows are "
+                           "unchanged; fix the cause and rerun the same command to resume") from None
+    for result in batch:
         summary.rows += result.landed
         summary.errors += result.rejected
         summary.skipped += result.skipped
@@ -377,7 +384,7 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
     split's visible rows are not touched here: only `_commit_run` replaces them.
     """
 
-    def start(con) -> tuple[int, int | None]:
+    def start(con) -> int:
         last = con.execute(
             "SELECT run_id, status, fingerprint FROM ingest_runs WHERE source = ? AND split = ? "
             "ORDER BY run_id DESC LIMIT 1",
@@ -393,16 +400,16 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
                 "(SELECT run_id FROM ingest_runs WHERE status = 'completed')",
                 [source, split],
             )
-        run_id = _next_run_id(con)
+        run_id = _next_run_id(con)  # max + 1: commits take turns (Catalog.commit), so no two get one
         con.execute(
             "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status, "
             "resumed_from) VALUES (?, ?, ?, ?, ?, now(), 'running', ?)",
             [run_id, source, split, fingerprint, json.dumps(arguments, default=str), last[0] if resume else None],
         )
-        return run_id, last[0] if resume else None
+        return run_id
 
-    run_id, _ = catalog.commit(start, f"ingest {source}/{split}: run started", kind="run-start",
-                               source=source, split=split)
+    run_id = catalog.commit(start, f"ingest {source}/{split}: run started", kind="run-start",
+                            source=source, split=split)
     done = {
         key: (rows, errors, skipped)
         for key, rows, errors, skipped in catalog.con.execute(
@@ -414,55 +421,56 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
     return run_id, done
 
 
-def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                   results: list[ShardResult]) -> None:
-    """Write finished shards' rows (pending until the run commits), errors and done-marks in one
-    commit; sets each result's `landed` and `rejected`.
+def _pending_ids(con, source: str, split: str) -> set[int]:
+    """Sample ids this run (with the runs it resumes) has written so far: the duplicate check."""
+    return {sid for (sid,) in con.execute(
+        "SELECT sample_id FROM samples_pending WHERE source = ? AND split = ?", [source, split]).fetchall()}
 
-    A key seen twice (in a shard, in an earlier shard of the batch, or in an earlier commit of this
-    run) is an error row of the later shard; the first one is kept.
+
+def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int, batch: list[ShardResult],
+                   seen: set[int]) -> None:
+    """Write shards' rows (pending until the run commits), errors and done-marks in one transaction.
+
+    Several shards that finished together share a commit (the main process keeps up with the
+    workers; each shard is still all or nothing). Fills each result's `landed` and `rejected`.
+    A key seen twice (in this batch, or in an earlier shard of this run: `seen`, updated once the
+    commit succeeded) is an error row; the first one is kept. The check is a set in memory rather
+    than a join per shard (~80 bytes a row in the main process).
     """
-    rows, errors, seen = [], [], set()
-    for index, result in enumerate(results):
-        errors.append(list(result.errors))
+    rows, errors, marks, ids = [], [], [], set()
+    for result in batch:
+        result_errors, landed = list(result.errors), 0
         for row in result.rows:
-            if row["sample_id"] in seen:
-                errors[index].append(Rejected(row["source_key"], "insert", "duplicate source_key in this run; first kept"))
+            sid = row["sample_id"]
+            if sid in ids or sid in seen:
+                result_errors.append(Rejected(row["source_key"], "insert",
+                                              "duplicate source_key: an earlier record had it; first kept"))
                 continue
-            seen.add(row["sample_id"])
-            rows.append({**row, "ingest_run": run_id, "_shard": index})
-    batch = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA.append(pa.field("_shard", pa.int32())))
-    per_shard = collections.Counter(row["_shard"] for row in rows)
+            ids.add(sid)
+            rows.append({**row, "ingest_run": run_id})
+            landed += 1
+        errors += result_errors
+        result.landed, result.rejected = landed, len(result_errors)
+        marks.append([source, split, fingerprint, result.shard_key, run_id, landed, len(result_errors),
+                      result.skipped])
+    table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
 
     def write(con) -> None:
-        found = [list(e) for e in errors]
-        # Copied into a temporary table first: a join against the Arrow scan itself would push
-        # UBIGINT filters into pyarrow, which cannot hold ids above 2**63.
-        con.register("shard_arrow", batch)
-        con.execute("CREATE OR REPLACE TEMP TABLE shard_batch AS SELECT * FROM shard_arrow")
-        con.unregister("shard_arrow")
-        earlier = "(SELECT sample_id FROM samples_pending WHERE source = ? AND split = ?)"
-        repeated = con.execute(
-            f"SELECT _shard, source_key FROM shard_batch WHERE sample_id IN {earlier} ORDER BY source_key",
-            [source, split]).fetchall()
-        for index, key in repeated:
-            found[index].append(Rejected(key, "insert", "duplicate source_key: an earlier shard had it; first kept"))
-        con.execute(f"INSERT INTO samples_pending SELECT * EXCLUDE (_shard) FROM shard_batch "
-                    f"WHERE sample_id NOT IN {earlier}", [source, split])
-        con.execute("DROP TABLE shard_batch")
-        rejected = [[run_id, source, split, e.source_key, e.stage, e.message] for f in found for e in f]
-        if rejected:
-            con.executemany("INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)", rejected)
-        marks = []
-        for index, result in enumerate(results):
-            result.landed = per_shard[index] - sum(1 for i, _ in repeated if i == index)
-            result.rejected = len(found[index])
-            marks.append([source, split, fingerprint, result.shard_key, run_id, result.landed, result.rejected,
-                          result.skipped])
+        con.register("shard_batch", table)
+        try:
+            con.execute("INSERT INTO samples_pending SELECT * FROM shard_batch")
+        finally:
+            con.unregister("shard_batch")
+        if errors:
+            con.executemany(
+                "INSERT INTO ingest_errors VALUES (?, ?, ?, ?, ?, ?)",
+                [[run_id, source, split, e.source_key, e.stage, e.message] for e in errors],
+            )
         con.executemany("INSERT INTO ingest_shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)", marks)
 
-    first = results[0].shard_key + (f" (+{len(results) - 1} more)" if len(results) > 1 else "")
+    first = batch[0].shard_key + (f" (+{len(batch) - 1} more)" if len(batch) > 1 else "")
     catalog.commit(write, f"ingest {source}/{split}: shards {first} (run {run_id})", kind="shard", run_id=run_id)
+    seen |= ids
 
 
 def _commit_run(catalog: Catalog, source: str, split: str, fingerprint: str, summary: RunSummary) -> None:
@@ -507,8 +515,9 @@ def _end_run(catalog: Catalog, summary: RunSummary, message: str | None) -> None
 # --- Workers.
 
 
-def _process(shards: list[Shard], args: tuple, workers: int) -> Iterator[ShardResult]:
-    """Results of `process_shard` for every shard, in completion order, in `workers` processes.
+def _process(shards: list[Shard], args: tuple, workers: int) -> Iterator[list[ShardResult]]:
+    """Results of `process_shard` for every shard, in completion order, in `workers` processes;
+    in batches of those that finished together.
 
     A shard that faults raises IngestFailed; so does a worker that dies. On any early exit the
     workers are killed at once rather than left to finish (or block) on their own.
@@ -516,31 +525,48 @@ def _process(shards: list[Shard], args: tuple, workers: int) -> Iterator[ShardRe
     source, split = args[:2]
     if workers <= 1 or len(shards) <= 1:
         for shard in shards:
-            yield _unwrap(source, split, shard.key, lambda: process_shard(shard, *args))
+            yield [_unwrap(source, split, shard.key, lambda: process_shard(shard, *args))]
         return
-    # spawn, not fork: the parent holds a DuckDB connection and threads that must not be copied.
-    ctx = multiprocessing.get_context("spawn")
     queue = iter(shards)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init,
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_worker_init,
                                initargs=(os.getpid(),))
     finished_normally = False
     try:
-        running = {pool.submit(process_shard, s, *args): s.key for s in itertools.islice(queue, workers * 2)}
-        while running:
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                key = running.pop(future)
-                yield _unwrap(source, split, key, future.result, in_flight=list(running.values()))
-                nxt = next(queue, None)
-                if nxt is not None:
-                    running[pool.submit(process_shard, nxt, *args)] = nxt.key
+        yield from _run_pool(pool, queue, args, workers)
         finished_normally = True
+    except BrokenProcessPool:  # a worker died while no result was awaited (at start-up, say)
+        raise IngestFailed(f"{source}/{split}: a worker process died (killed, out of memory, or it could "
+                           "not start); nothing of its shards landed; rerun the same command to resume") from None
     finally:
         if not finished_normally:
             # Python 3.11 has no public way to stop busy workers; their Process objects are here.
             for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.kill()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_pool(pool: ProcessPoolExecutor, queue: Iterator[Shard], args: tuple,
+              workers: int) -> Iterator[list[ShardResult]]:
+    """Keep `workers * 2` shards submitted; yield the results that completed, then raise a fault
+    (so the shards that finished before it still land)."""
+    source, split = args[:2]
+    running = {pool.submit(process_shard, s, *args): s.key for s in itertools.islice(queue, workers * 2)}
+    while running:
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        batch, fault = [], None
+        for future in finished:
+            key = running.pop(future)
+            try:
+                batch.append(_unwrap(source, split, key, future.result, in_flight=list(running.values())))
+            except IngestFailed as exc:
+                fault = fault or exc
+        if fault is None:
+            for shard in itertools.islice(queue, len(finished)):
+                running[pool.submit(process_shard, shard, *args)] = shard.key
+        if batch:
+            yield batch
+        if fault is not None:
+            raise fault
 
 
 def _unwrap(source: str, split: str, key: str, get, in_flight: list[str] = ()) -> ShardResult:
@@ -556,23 +582,59 @@ def _unwrap(source: str, split: str, key: str, get, in_flight: list[str] = ()) -
                            "to resume (with fewer --workers if memory ran out)") from None
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Tie a worker's life to its parent's: SIGKILL, SIGTERM or Ctrl-C of the parent ends it too."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+def _worker_context():
+    """Workers are forked from a fork server that imported the ingest code once.
+
+    Not plain fork: the main process holds a DuckDB connection and threads that must not be
+    copied. Not spawn: every worker of every split would import pyarrow, DuckDB and PIL again
+    (~0.5 s of CPU each). The server is started once per process and reused by every pool; it
+    exits when this process dies, and its workers with it (see _worker_init).
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["ocrcat.ingest.runner"])
+    return ctx
+
+
+def _worker_init(main_pid: int) -> None:
+    """Tie a worker's life to the ingest's: SIGKILL, SIGTERM or Ctrl-C of it ends the worker too.
+
+    The worker's parent is the main process (spawn) or the fork server, which exits as soon as the
+    main process is gone; either way the kernel kills the worker when its parent dies
+    (PR_SET_PDEATHSIG), and a watchdog thread checks both pids as a second line.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
+    parent = os.getppid()
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the kernel kills us when the parent dies
     except (OSError, AttributeError):
-        pass  # not Linux: the watchdog below still ends us within a second
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        pass  # not Linux: the watchdog below still ends us within half a second
+    if not _alive(main_pid) or os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watchdog").start()
+    threading.Thread(target=_watch, args=(parent, main_pid), daemon=True, name="parent-watchdog").start()
 
 
-def _watch_parent(parent_pid: int) -> None:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0): it is dead all the same.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return True  # no /proc: trust kill(0)
+
+
+def _watch(parent: int, main_pid: int) -> None:
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent_pid:
+        if os.getppid() != parent or not _alive(main_pid):
             os._exit(1)
 
 
@@ -632,6 +694,9 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_image_tokens = functools.lru_cache(maxsize=4096)(vision.count_image_tokens)  # sizes repeat (charts, pages)
+
+
 def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStore, mode: str,
             result: ShardResult) -> dict | None:
     """The catalog row of a sample; None (and an error) when a vision sample's image is unusable."""
@@ -660,6 +725,6 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
             image_width=image.width,
             image_height=image.height,
             image_bytes=image.bytes,
-            image_tokens=vision.count_image_tokens(image.width, image.height, mode),
+            image_tokens=_image_tokens(image.width, image.height, mode),
         )
     return row

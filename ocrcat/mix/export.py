@@ -90,6 +90,7 @@ def export_mixture(
     split: str | None = None,
     relative_paths: bool = False,
     memory_limit: str | None = "1GB",
+    require_images: bool = False,
 ) -> dict:
     """Write the plan of mixture `name` (restricted to `split` if given) to `out`; returns the manifest.
 
@@ -97,18 +98,20 @@ def export_mixture(
 
     `memory_limit` caps DuckDB while it sorts the joined rows into plan order (it spills to disk
     beyond it) and is restored afterwards; without a cap DuckDB may take most of the machine's RAM.
+    Image files of the plan that are missing are counted and listed in the manifest (the CLI
+    warns: a training job would fail on them hours later); `require_images` refuses such a plan.
     """
     # Everything is read in one transaction, so from one snapshot, whatever commits meanwhile;
     # the manifest names it, and `Catalog(at=snapshot)` reads the very same state later.
     catalog.con.execute("BEGIN TRANSACTION")
     try:
-        return _export(catalog, name, out, format, split, relative_paths, memory_limit)
+        return _export(catalog, name, out, format, split, relative_paths, memory_limit, require_images)
     finally:
         catalog.con.execute("ROLLBACK")
 
 
 def _export(catalog: Catalog, name: str, out, format: str, split: str | None, relative_paths: bool,
-            memory_limit: str | None) -> dict:
+            memory_limit: str | None, require_images: bool) -> dict:
     if format not in FORMATS:
         raise MixtureError(f"unknown export format {format!r}; use parquet or jsonl")
     definition = get_mixture(catalog, name)
@@ -120,6 +123,11 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
     data = out / f"{name}.{split or 'all'}.{format}"
     tmp = data.with_name(f".{data.name}.tmp")
     check_split(catalog, definition, split)
+    missing = missing_images(catalog, definition, split)
+    if missing["count"] and require_images:
+        raise MixtureError(
+            f"{missing['count']} image files of this plan are missing from {root} (first: {missing['first'][0]}); "
+            "nothing was written; run ocrcat validate to see which rows, and re-ingest their sources")
     if memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit):
         raise MixtureError(f"memory limit {memory_limit!r} is not a size like 1GB or 512MiB")
     con = catalog.con
@@ -150,6 +158,8 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
         "format": format,
         "columns": SCHEMA.names,
         "row_group_size": ROW_GROUP if format == "parquet" else None,
+        "missing_images": missing["first"],
+        "missing_images_count": missing["count"],
     }
     manifest["exports"] = _earlier_exports(out / "manifest.json", manifest) | {entry["split"]: entry}
     exports = [manifest["exports"][k] for k in sorted(manifest["exports"])]
@@ -161,6 +171,24 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
             manifest["components"][component] = manifest["components"].get(component, 0) + n
     _write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def missing_images(catalog: Catalog, definition: dict, split: str | None = None) -> dict:
+    """How many of the plan's distinct image files are not on disk, and the first 100 of them.
+
+    DuckDB lists the image store (glob, in C++) and anti-joins it with the plan's paths: no
+    Python stat per image, so millions of rows cost a directory listing.
+    """
+    root = catalog.dir.resolve().as_posix()
+    count, first = catalog.con.execute(
+        f"""WITH paths AS (SELECT DISTINCT s.image_path AS path FROM ({entries_sql(definition, split)}) e
+                           JOIN samples s USING (sample_id) WHERE s.image_path IS NOT NULL),
+                 disk AS (SELECT file FROM glob(? || '/images/*/*/*'))
+            SELECT count(*), list(path ORDER BY path)[1:100] FROM paths
+            WHERE ? || '/' || path NOT IN (SELECT file FROM disk)""",
+        [root, root],
+    ).fetchone()
+    return {"count": count, "first": first or []}
 
 
 def _earlier_exports(path: Path, manifest: dict) -> dict:
