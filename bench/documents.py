@@ -62,10 +62,10 @@ def ingest_cmd(source: str, mirror: Path, catalog: Path) -> list[str]:
 
 
 def rows_in(catalog: Path, source: str) -> int:
-    import duckdb
+    from ocrcat.catalog import Catalog
 
-    with duckdb.connect(str(catalog / "catalog.duckdb"), read_only=True) as con:
-        return con.execute("SELECT count(*) FROM samples WHERE source = ?", [source]).fetchone()[0]
+    with Catalog(catalog, read_only=True) as cat:
+        return cat.con.execute("SELECT count(*) FROM samples WHERE source = ?", [source]).fetchone()[0]
 
 
 def bench_pubtables(work: Path, n: int) -> tuple[float, float]:

@@ -1,18 +1,31 @@
-"""Ingest throughput: ocrcat against the data plan's reference approach and the raw-copy limit.
+"""Ingest throughput: ocrcat against what users would write instead, in the same run.
 
-A ChartQA-layout mirror of N distinct ~1000x800 JPEG charts is generated, then, in this one run:
+Mirror 1, distinct JPEGs: N distinct ~1000x800 JPEG charts in the ChartQA layout.
 - ocrcat: `ingest chartqa --workers 2` (validate, hash, store, catalog rows);
-- reference: datasets.load_dataset -> iterate rows -> PIL decode -> PNG save -> JSONL index, one
-  process (timed on the first REFERENCE_ROWS rows: at its speed the whole set would take minutes);
+- reference: the data plan's loop, datasets.load_dataset -> iterate rows -> PIL decode -> PNG save
+  -> JSONL index, one process (timed on the first REFERENCE_ROWS rows: at its speed the whole set
+  would take minutes);
 - raw copy: read the Parquet and write each image's bytes to a file, nothing else (one process).
 
-Last line: `ingest rows_per_s=… reference_rows_per_s=… ratio=… raw_copy_fraction=…`.
-Usage: python bench/ingest.py [--rows 5000]
+Mirror 2, repeated images (ChartQA's shape: about three questions per PNG chart):
+- ocrcat as above;
+- verified copy: a bare loop doing the same per-distinct-image work in as many processes (hash each
+  row's bytes; the first time a hash is seen: verify the image, PIL's verify() for PNG, which checks
+  every chunk's CRC, and a 1/8-scale decode for JPEG, then write it to a temporary name and rename);
+  `verified_copy_fraction` = ocrcat / this (target >= 0.8);
+- datasets.map(num_proc=2) calling PIL's verify() on each row's image (the `datasets` peer; the
+  map alone is timed, load_dataset's conversion is not); `hf_ratio` = ocrcat / this (target >= 1).
+
+Last line: `ingest rows_per_s=… reference_rows_per_s=… ratio=… raw_copy_fraction=…
+repeated_rows_per_s=… verified_copy_fraction=… hf_ratio=…`.
+Usage: python bench/ingest.py [--rows 5000] [--charts 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import multiprocessing
 import os
@@ -31,6 +44,7 @@ from ocrcat.ingest.runner import ingest
 
 REFERENCE_ROWS = 300
 ROWS_PER_FILE = 1000
+QUESTIONS_PER_CHART = 3
 
 
 def make_chart(seed: int) -> dict:
@@ -50,9 +64,91 @@ def make_mirror(root: Path, rows: int) -> None:
                               chartqa.FEATURES)
 
 
-def run_ocrcat(root: Path, work: Path, workers: int) -> float:
+def make_repeated_chart(seed: int) -> list[dict]:
+    """One PNG chart (as ChartQA's are) asked QUESTIONS_PER_CHART questions: that many rows."""
+    rng = random.Random(seed)
+    chart = synth.random_bar_chart(rng)
+    image = synth.encode(synth.draw_bar_chart(chart), "PNG")
+    return [{"image": image, "query": q, "label": [a], "human_or_machine": seed % 2}
+            for q, a in synth.chart_questions(chart, rng, QUESTIONS_PER_CHART)]
+
+
+def make_repeated_mirror(root: Path, charts: int) -> int:
+    rows = 0
+    per_file = ROWS_PER_FILE // QUESTIONS_PER_CHART
+    count = -(-charts // per_file)
+    with multiprocessing.Pool(2) as pool:
+        for index, start in enumerate(range(0, charts, per_file)):
+            records = [r for rs in pool.map(make_repeated_chart, range(start, min(charts, start + per_file)),
+                                            chunksize=20) for r in rs]
+            write_hub_parquet(root / "chartqa/data" / split_file_name("train", index, count), records,
+                              chartqa.FEATURES)  # 100-row groups, as `datasets` writes image columns
+            rows += len(records)
+    return rows
+
+
+def _verified_copy_group(task: tuple[str, int, str]) -> int:
+    """The bare loop's work on one row group (in a worker): hash, verify and write each new image."""
+    from PIL import Image
+
+    path, group, out = task
+    seen = _SEEN.setdefault(out, set())
+    n = 0
+    for cell in pq.ParquetFile(path).read_row_group(group, columns=["image"]).column("image").to_pylist():
+        data = cell["bytes"]
+        digest = hashlib.sha256(data).hexdigest()
+        n += 1
+        if digest in seen:
+            continue
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format == "JPEG":
+                img.draft(img.mode, (img.width // 8, img.height // 8))
+                img.load()
+            else:
+                img.verify()
+        final = Path(out) / f"{digest}.{img.format.lower()}"
+        if not final.exists():
+            tmp = final.with_name(final.name + f".{os.getpid()}.tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, final)
+        seen.add(digest)
+    return n
+
+
+_SEEN: dict[str, set] = {}
+
+
+def run_verified_copy(root: Path, out: Path, workers: int) -> float:
+    out.mkdir()
+    tasks = [(str(path), g, str(out)) for path in sorted((root / "chartqa/data").glob("*.parquet"))
+             for g in range(pq.ParquetFile(path).num_row_groups)]
     started = time.perf_counter()
-    with Catalog(work / "catalog") as cat:
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        n = sum(pool.imap_unordered(_verified_copy_group, tasks))
+    return n / (time.perf_counter() - started)
+
+
+def _hf_verify(row: dict) -> None:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(row["image"]["bytes"])) as img:
+        img.verify()
+
+
+def run_hf_map(root: Path, work: Path, workers: int) -> float:
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(root / "chartqa/data/*.parquet"), split="train",
+                               cache_dir=str(work / "hf-cache-map"))
+    ds = ds.cast_column("image", datasets.Image(decode=False))
+    started = time.perf_counter()
+    ds.map(_hf_verify, num_proc=workers, load_from_cache_file=False)
+    return len(ds) / (time.perf_counter() - started)
+
+
+def run_ocrcat(root: Path, work: Path, workers: int, name: str = "catalog") -> float:
+    started = time.perf_counter()
+    with Catalog(work / name) as cat:
         [summary] = ingest(cat, "chartqa", mirror=root, workers=workers)
     assert summary.errors == 0, summary
     return summary.rows / (time.perf_counter() - started)
@@ -90,6 +186,7 @@ def run_raw_copy(root: Path, out: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5000)
+    parser.add_argument("--charts", type=int, default=2000, help="distinct charts of the repeated mirror")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ocrcat-bench-ingest-"))
@@ -112,8 +209,24 @@ def main() -> None:
         print(f"ocrcat:    {ours:8.0f} rows/s (--workers {args.workers})")
         reference = run_reference(work / "mirror", work, min(REFERENCE_ROWS, args.rows))
         print(f"reference: {reference:8.1f} rows/s (first {min(REFERENCE_ROWS, args.rows)} rows)")
+
+        t = time.perf_counter()
+        rows = make_repeated_mirror(work / "repeated", args.charts)
+        print(f"repeated mirror: {args.charts} PNG charts, {rows} rows, generated in {time.perf_counter() - t:.0f} s")
+        os.sync()
+        copy_before = run_verified_copy(work / "repeated", work / "copy-1", args.workers)
+        os.sync()
+        repeated = run_ocrcat(work / "repeated", work, args.workers, "catalog-repeated")
+        os.sync()
+        copy_after = run_verified_copy(work / "repeated", work / "copy-2", args.workers)
+        copy = max(copy_before, copy_after)
+        hf = run_hf_map(work / "repeated", work, args.workers)
+        print(f"verified copy: {copy:8.0f} rows/s (best of {copy_before:.0f} before and {copy_after:.0f} after)")
+        print(f"ocrcat:        {repeated:8.0f} rows/s on repeated images")
+        print(f"datasets.map:  {hf:8.0f} rows/s (verify() per row, num_proc={args.workers})")
         print(f"ingest rows_per_s={ours:.0f} reference_rows_per_s={reference:.1f} "
-              f"ratio={ours / reference:.1f} raw_copy_fraction={ours / raw:.2f}")
+              f"ratio={ours / reference:.1f} raw_copy_fraction={ours / raw:.2f} repeated_rows_per_s={repeated:.0f} "
+              f"verified_copy_fraction={repeated / copy:.2f} hf_ratio={repeated / hf:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

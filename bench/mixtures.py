@@ -109,7 +109,7 @@ def main() -> None:
     work = args.keep or Path(tempfile.mkdtemp(prefix="ocrcat-bench-mixtures-"))
     catalog = work / "catalog"
     try:
-        if not (catalog / "catalog.duckdb").exists():
+        if not (catalog / "catalog.sqlite").exists():
             started = time.perf_counter()
             build(catalog, args.rows)
             print(f"built a synthetic catalog of {args.rows} rows in {time.perf_counter() - started:.1f} s")

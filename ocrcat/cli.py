@@ -6,6 +6,7 @@ import csv
 import datetime
 import decimal
 import json
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -17,14 +18,16 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, CatalogError
 from ocrcat.catalog.sqltext import bind_json_arrows
-from ocrcat.catalog.stats import catalog_stats
+from ocrcat.inspection.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
 from ocrcat.ingest.base import MirrorError
-from ocrcat.ingest.runner import RunSummary, ingest as run_ingest
+from ocrcat.ingest.limits import Limits
+from ocrcat.ingest.runner import IngestFailed, RunSummary, check_request, ingest as run_ingest
 
 app = typer.Typer(
     help="ocrcat: OCR training data as one DuckDB catalog, SQL mixtures and a torch loader.\n\n"
@@ -33,8 +36,10 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+# Values from the data are printed as they are: no Rich markup (`[/]`, `\sqrt[n]{x}`), no emoji
+# codes (`:x:`); styled words are Text objects built in code (error, warning).
+console = Console(markup=False, emoji=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 CatalogOpt = Annotated[
     Optional[Path],
@@ -49,8 +54,30 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (CatalogError, MirrorError, ValueError, ConnectionError, duckdb.Error) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        error(str(exc))
         raise typer.Exit(2) from None
+
+
+# C0 controls but the newline, DEL, C1 controls and the bidi overrides, which reorder what follows.
+_HIDDEN = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: str) -> str:
+    """`value` with control characters shown: C0 as their Unicode pictures (TAB as ␉, ESC as ␛),
+    the others as <U+XXXX>. Newlines stay line breaks. Backslashes stay as they are (LaTeX)."""
+    def show(m: re.Match) -> str:
+        c = ord(m.group())
+        return chr(0x2400 + c) if c < 0x20 else "\u2421" if c == 0x7F else f"<U+{c:04X}>"
+
+    return _HIDDEN.sub(show, value)
+
+
+def error(message: str) -> None:
+    err.print(Text.assemble(("error:", "bold red"), " ", visible(message)))
+
+
+def warning(message: str) -> None:
+    err.print(Text.assemble(("warning:", "yellow"), " ", visible(message)))
 
 
 def _json_default(value):
@@ -68,11 +95,11 @@ def print_json(value) -> None:
 
 
 def print_table(columns: list[str], rows: list[tuple], title: str | None = None) -> None:
-    table = Table(title=title)
+    table = Table(title=None if title is None else visible(title))
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(visible(str(column)), overflow="fold")
     for row in rows:
-        table.add_row(*("NULL" if v is None else str(v) for v in row))
+        table.add_row(*("NULL" if v is None else visible(str(v)) for v in row))
     console.print(table)
 
 
@@ -184,83 +211,134 @@ class RichProgress:
 @app.command()
 def ingest(
     names: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="source names, or all")],
-    mirror_root: Annotated[Optional[Path], typer.Option("--mirror", "--from", help="mirror root [default: <catalog>/mirror]")] = None,
+    mirror_root_opt: Annotated[Optional[Path], typer.Option("--mirror", "--from", help="mirror root [default: <catalog>/mirror]")] = None,
     split: Annotated[Optional[list[str]], typer.Option(help="only this split (train, val, test); repeatable")] = None,
     limit: Annotated[Optional[int], typer.Option(help="at most N records per split")] = None,
     workers: Annotated[int, typer.Option(help="parallel worker processes")] = 1,
     ray: Annotated[Optional[str], typer.Option(metavar="ADDRESS", help="run the shards as tasks on a Ray cluster: HOST:PORT, auto ($RAY_ADDRESS or the cluster on this machine) or local (start one for this command)")] = None,
     config: Annotated[Optional[str], typer.Option(help="hub config, for sources that have several")] = None,
     option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="source option KEY=VALUE; repeatable")] = None,
-    max_error_rate: Annotated[Optional[float], typer.Option(help="exit 1 if more than this fraction of records fail")] = None,
+    max_error_rate: Annotated[Optional[float], typer.Option(help="fail a split (old rows kept, exit 1) if more than this fraction of its records are rejected")] = None,
     vision_mode: Annotated[Optional[str], typer.Option(help="vision mode of a new catalog [default: gundam]")] = None,
+    max_image_mpx: Annotated[float, typer.Option(help="cap on an image's pixels (millions), from its header")] = Limits.max_image_pixels / 1e6,
+    max_member_mb: Annotated[float, typer.Option(help="cap on one archive member (MiB)")] = Limits.max_member_bytes / 2**20,
+    max_json_depth: Annotated[int, typer.Option(help="cap on JSON nesting depth")] = Limits.max_json_depth,
     catalog: CatalogOpt = None,
 ) -> None:
     """Ingest sources from a mirror into the catalog. Rerun after an interruption to resume.
 
-    Re-ingesting a source and split replaces its rows. Bad records go to ingest_errors.
+    Re-ingesting a source and split replaces its rows when the run completes. Bad records go to
+    ingest_errors; a fault (I/O error, full disk, corrupt file) fails the run with exit 1.
     Each source's options (-o KEY=VALUE) and their defaults: ocrcat sources --json.
 
     Example: ocrcat ingest chartqa mathwriting --mirror demo/mirror --workers 2 --max-error-rate 0.01
 
-    On a Ray cluster (every node sees the mirror and the catalog at the same path):
+    On a Ray cluster (every node sees the mirror and the catalog's image store at the same place):
     ocrcat ingest docbank --mirror /shared/hf --ray auto
     """
+    from ocrcat.catalog import resolve_dir
+
     summaries: list[RunSummary] = []
-    with user_errors(), Catalog(catalog, vision_mode=vision_mode) as cat:
+    failure = None
+    with user_errors():
+        # Everything the user can get wrong is checked before the catalog is opened (or created).
+        if max_error_rate is not None and not 0 <= max_error_rate <= 1:
+            raise ValueError(f"--max-error-rate must be between 0 and 1 (got {max_error_rate})")
+        if min(max_image_mpx, max_member_mb, max_json_depth) <= 0:
+            raise ValueError("--max-image-mpx, --max-member-mb and --max-json-depth must be positive")
+        limits = Limits(max_member_bytes=int(max_member_mb * 2**20), max_image_pixels=int(max_image_mpx * 1e6),
+                        max_json_depth=max_json_depth)
+        plans = []
         for name in registry.expand(names):
-            source = registry.get(name)
             pairs = list(option or []) + ([f"config={config}"] if config else [])
-            options = registry.parse_options(source, pairs)
-            try:
-                summaries += run_ingest(cat, name, mirror=mirror_root, splits=split, limit=limit,
-                                        workers=workers, options=options, progress=RichProgress(), ray=ray)
-            except KeyboardInterrupt:
-                err.print("[yellow]interrupted[/]: rerun the same command to resume where it stopped")
-                raise typer.Exit(130) from None
-    print_table(
-        ["source", "split", "rows", "errors", "skipped", "resumed shards", "seconds", "images/s"],
-        [(s.source, s.split, s.rows, s.errors, s.skipped, f"{s.shards_resumed}/{s.shards_total}",
-          f"{s.seconds:.1f}", f"{s.images / max(s.seconds, 1e-9):.0f}") for s in summaries],
-        title="ingest",
-    )
+            plans.append((name, registry.parse_options(registry.get(name), pairs)))
+            check_request(resolve_dir(catalog), name, mirror_root_opt, split, limit)
+        if ray:
+            from ocrcat.ingest.ray_pool import connect
+
+            connect(ray)  # an unreachable cluster is said before the catalog is created
+        with _sigterm_as_interrupt(), Catalog(catalog, vision_mode=vision_mode) as cat:
+            for name, options in plans:
+                try:
+                    summaries += run_ingest(cat, name, mirror=mirror_root_opt, splits=split, limit=limit,
+                                            workers=workers, options=options, progress=RichProgress(),
+                                            max_error_rate=max_error_rate, limits=limits, ray=ray)
+                except KeyboardInterrupt as exc:
+                    err.print(Text.assemble(("interrupted", "yellow"), ": rerun the same command to resume where it stopped"))
+                    raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
+                except IngestFailed as exc:
+                    failure = exc
+                    break
+    if summaries:
+        print_table(
+            ["source", "split", "rows", "errors", "skipped", "resumed shards", "seconds", "images/s"],
+            [(s.source, s.split, s.rows, s.errors, s.skipped, f"{s.shards_resumed}/{s.shards_total}",
+              f"{s.seconds:.1f}", f"{s.images / max(s.seconds, 1e-9):.0f}") for s in summaries],
+            title="ingest",
+        )
+    for s in summaries:
+        if s.warning:
+            err.print(Text.assemble(("warning:", "yellow"), f" {s.warning}"))
     errors = sum(s.errors for s in summaries)
-    seen = sum(s.rows + s.errors for s in summaries)
     if errors:
         console.print(f"{errors} records rejected: see them with "
                       "ocrcat sql \"SELECT * FROM ingest_errors ORDER BY run_id DESC LIMIT 20\"")
-    if max_error_rate is not None and seen and errors / seen > max_error_rate:
-        err.print(f"[bold red]error rate {errors / seen:.2%} is above --max-error-rate {max_error_rate:.2%}[/]")
+    if failure is not None:
+        err.print(Text.assemble(("ingest failed:", "bold red"), f" {failure}"))
         raise typer.Exit(1)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """`kill PID` stops an ingest like Ctrl-C: workers killed, the run marked interrupted."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SQL to run against the catalog")],
-    write: Annotated[bool, typer.Option("--write", help="allow statements that change the catalog")] = False,
+    write: Annotated[bool, typer.Option("--write", help="run any statement: change the catalog, write files")] = False,
+    allow: Annotated[Optional[list[str]], typer.Option("--allow", metavar="PATH", help="a file or folder outside "
+                                                       "the catalog the query may read; repeatable")] = None,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="print CSV instead of a table")] = False,
     catalog: CatalogOpt = None,
 ) -> None:
-    """Run SQL against the catalog (read-only unless --write).
+    """Run SQL against the catalog. Without --write it cannot change anything anywhere.
 
-    Example: ocrcat sql "SELECT source, split, count(*) FROM samples GROUP BY ALL" --json
+    Without --write: queries only (SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE); the
+    catalog opened read-only; no file read except the catalog and the paths given with --allow;
+    no file written (COPY TO, EXPORT), no ATTACH, INSTALL, LOAD or SET. Anything else is refused
+    with exit status 2 before it runs. With --write any statement runs, with your rights.
+
+    Example: ocrcat sql "SELECT count(*) FROM 'exports/stage2/*.parquet'" --allow exports/stage2
     """
-    with user_errors(), Catalog(catalog, read_only=not write) as cat:
-        try:
-            result = cat.con.execute(bind_json_arrows(query))
-        except duckdb.Error as exc:
-            if "read-only" in str(exc):
-                raise CatalogError(
-                    "ocrcat sql opens the catalog read-only, so this statement was refused and nothing "
-                    "changed; pass --write if you really mean to modify the catalog"
-                ) from None
-            raise
-        columns = [d[0] for d in result.description] if result.description else []
-        rows = result.fetchall() if columns else []
+    from ocrcat.inspection.query import QueryResult, read_only_query
+
+    with user_errors():
+        if write:
+            if allow:
+                raise ValueError("--allow is for queries without --write (with --write every file is reachable)")
+            with Catalog(catalog) as cat:
+                result = cat.con.execute(bind_json_arrows(query))  # None for an empty query
+                columns = [d[0] for d in result.description] if result is not None and result.description else []
+                answer = QueryResult(columns, result.fetchall() if columns else [])
+        else:
+            answer = read_only_query(catalog, query, allow or [])
+    columns, rows = answer.columns, answer.rows
     if as_json:
         print_json([dict(zip(columns, r)) for r in rows])
     elif as_csv:
-        out = csv.writer(sys.stdout)
+        out = csv.writer(sys.stdout, lineterminator="\n")  # Unix tools expect \n (RFC 4180 allows it)
         out.writerow(columns)
         out.writerows(rows)
     elif columns:
@@ -281,8 +359,8 @@ def stats(
 
     Example: ocrcat stats --tokenizer byte --plot stats-png/ --json
     """
-    from ocrcat.catalog.plots import write_plots
-    from ocrcat.catalog.stats import MEASURES, TOKEN_MEASURES, source_stats
+    from ocrcat.inspection.plots import write_plots
+    from ocrcat.inspection.stats import MEASURES, TOKEN_MEASURES, source_stats
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         tok = _load_tokenizer(tokenizer)
@@ -343,7 +421,7 @@ def validate(
 
     Example: ocrcat validate --deep --source chartqa
     """
-    from ocrcat.catalog.validate import CHECKS, validate as run_validate
+    from ocrcat.inspection.validate import CHECKS, validate as run_validate
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         results = run_validate(cat, source, deep=deep)
@@ -380,10 +458,10 @@ def report(
 
     Example: ocrcat report --out report.html --seed 3 --per-source 8
     """
-    from ocrcat.catalog.report import build_report
+    from ocrcat.inspection.report import build_report
 
     if per_source < 0:
-        err.print("[bold red]error:[/] --per-source must be 0 or more")
+        error("--per-source must be 0 or more")
         raise typer.Exit(2)
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         path = build_report(cat, out, seed=seed, per_source=per_source, tokenizer=_load_tokenizer(tokenizer))
@@ -403,7 +481,7 @@ def show(
 
     Example: ocrcat show 4186833955207072339 --open --to /tmp/look
     """
-    from ocrcat.catalog.show import parse_sample_id, sample_facts, write_quick_look
+    from ocrcat.inspection.show import parse_sample_id, sample_facts, write_quick_look
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         facts = sample_facts(cat, parse_sample_id(sample), _load_tokenizer(tokenizer))
@@ -417,13 +495,13 @@ def show(
         for key, value in facts.items():
             if key not in ("sample_id",):
                 shown = json.dumps(value, ensure_ascii=False, default=_json_default) if isinstance(value, (dict, list)) else value
-                table.add_row(key, "NULL" if shown is None else str(shown))
+                table.add_row(key, "NULL" if shown is None else visible(str(shown)))
         console.print(table)
         for path in written:
             console.print(f"wrote {path}")
     image = facts.get("image")
     if image and image["problem"]:
-        err.print(f"[yellow]warning:[/] {image['problem']} (run ocrcat validate)")
+        warning(f"{image['problem']} (run ocrcat validate)")
 
 
 mix_app = typer.Typer(
@@ -493,7 +571,7 @@ def mix_show(
     )
     width = max(len(c["name"]) for c in d["components"])
     for c in d["components"]:  # predicates below the table: long SQL would squeeze the numbers
-        console.print(f"  {c['name']:{width}}  {c['predicate']}", highlight=False)
+        console.print(f"  {c['name']:{width}}  {visible(c['predicate'])}")
     console.print(f"{d['total']} plan positions; query them as the view {d['view']}")
 
 
@@ -533,7 +611,7 @@ def mix_load(
     from ocrcat.mix.mixtures import load_toml
 
     if (file is None) == (not preset):
-        err.print("[bold red]error:[/] give a TOML file or --preset (not both)")
+        error("give a TOML file or --preset (not both)")
         raise typer.Exit(2)
     with user_errors(), Catalog(catalog) as cat:
         loaded = load_toml(cat, file, only)
@@ -560,6 +638,9 @@ def export(
     format: Annotated[str, typer.Option("--format", help="parquet or jsonl")] = "parquet",
     split: Annotated[Optional[str], typer.Option(help="apply the mixture to this split only (train, val, test)")] = None,
     relative_paths: Annotated[bool, typer.Option("--relative-paths", help="image paths relative to the catalog folder")] = False,
+    at: Annotated[Optional[int], typer.Option("--at", metavar="SNAPSHOT",
+                                              help="export the catalog as it was at this snapshot (ocrcat history)")] = None,
+    require_images: Annotated[bool, typer.Option("--require-images", help="refuse a plan whose image files are missing (default: warn)")] = False,
     embed_images: Annotated[bool, typer.Option("--embed-images", help="put the image bytes in the rows (hub Image encoding), in shards for streaming")] = False,
     shard_mb: Annotated[int, typer.Option("--shard-mb", help="with --embed-images: size of a shard")] = 256,
     catalog: CatalogOpt = None,
@@ -567,7 +648,9 @@ def export(
 ) -> None:
     """Write a mixture's plan in order (every column a trainer needs) and manifest.json to a folder.
 
-    Example: ocrcat export stage2 --out exports/stage2 --split train
+    The manifest names the catalog snapshot it was read from; --at SNAPSHOT writes the same bytes again.
+
+    Example: ocrcat export stage2 --out exports/stage2 --split train --at 42
 
     For training on other machines, with the images inside (credentials and endpoint of object
     storage from the standard AWS environment variables):
@@ -576,22 +659,113 @@ def export(
     from ocrcat.mix.embed import export_embedded
     from ocrcat.mix.export import export_mixture
 
-    with user_errors(), Catalog(catalog, read_only=True) as cat:
-        if embed_images:
-            if format != "parquet" or relative_paths:
-                raise typer.BadParameter("--embed-images writes Parquet with the images inside: "
-                                         "drop --format and --relative-paths")
-            manifest = export_embedded(cat, name, out, split, shard_mb)
-        else:
-            manifest = export_mixture(cat, name, out, format, split, relative_paths)
+    with user_errors():
+        if embed_images and (format != "parquet" or relative_paths):
+            raise ValueError("--embed-images writes Parquet with the images inside: drop --format and --relative-paths")
+        with Catalog(catalog, read_only=True, at=at) as cat:
+            if embed_images:
+                manifest = export_embedded(cat, name, out, split, shard_mb)
+            else:
+                manifest = export_mixture(cat, name, Path(out), format, split, relative_paths,
+                                          require_images=require_images)
     if as_json:
         print_json(manifest)
     elif embed_images:
         console.print(f"wrote {manifest['rows']} rows with their images in {len(manifest['shards'])} shards "
-                      f"and manifest.json to {out}", highlight=False)
+                      f"and manifest.json to {out}")
+        return
     else:
         entry = manifest["exports"][split or "all"]
         console.print(f"wrote {entry['rows']} rows to {Path(out) / entry['file']} and {Path(out) / 'manifest.json'}")
+    if manifest["missing_images_count"] and not as_json:  # --json carries it in the manifest
+        err.print(f"[yellow]warning:[/] {manifest['missing_images_count']} image files of this plan are missing "
+                  "(listed in manifest.json under missing_images); training will fail on their rows",
+                  highlight=False)
+
+
+@app.command()
+def history(
+    all_: Annotated[bool, typer.Option("--all", help="also list the per-shard commits of ingests")] = False,
+    limit: Annotated[int, typer.Option(help="at most this many snapshots, newest first")] = 30,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The catalog's snapshots, newest first: every ingest, mixture change, rollback and compaction.
+
+    Any listed snapshot can be exported (ocrcat export NAME --at N) or restored (ocrcat rollback N).
+
+    Example: ocrcat history --limit 10
+    """
+    from ocrcat.catalog.snapshots import history as snapshot_history
+
+    with user_errors(), Catalog(catalog, read_only=True) as cat:
+        rows = snapshot_history(cat, shards=all_, limit=limit)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table(["snapshot", "time (UTC)", "what", "changes"],
+                    [(r["snapshot"], r["time"], r["message"], r["changes"]) for r in rows], title=f"history of {cat.dir}")
+
+
+@app.command()
+def rollback(
+    snapshot: Annotated[int, typer.Argument(metavar="SNAPSHOT", help="snapshot id from ocrcat history")],
+    catalog: CatalogOpt = None,
+) -> None:
+    """Restore the catalog to an earlier snapshot: rows, runs, errors, mixtures and their views.
+
+    The rollback is itself a new snapshot, so it can be undone by rolling back to the one before it.
+    Image files are kept as long as a kept snapshot references them.
+
+    Example: ocrcat rollback 41
+    """
+    from ocrcat.catalog.snapshots import rollback as restore
+
+    with user_errors(), Catalog(catalog) as cat:
+        made = restore(cat, snapshot)
+    console.print(f"restored snapshot {snapshot} as snapshot {made}; undo with: ocrcat rollback {made - 1}")
+
+
+@app.command()
+def compact(
+    expire_before: Annotated[Optional[int], typer.Option(
+        "--expire-before", metavar="SNAPSHOT",
+        help="also expire every snapshot older than this one (no --at or rollback to them afterwards); "
+             "frees the files and images only they used")] = None,
+    catalog: CatalogOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Merge small data files, expire the per-shard snapshots of ended ingests, delete files and
+    images that no kept snapshot needs. Every ingest ends with this; run it after interrupted ones.
+
+    Example: ocrcat compact --expire-before 40
+    """
+    from ocrcat.catalog.snapshots import compact as run_compact
+
+    with user_errors(), Catalog(catalog) as cat:
+        result = run_compact(cat, older_than_snapshot=expire_before)
+    if as_json:
+        print_json(result)
+    else:
+        console.print(f"data files {result['data_files_before']} -> {result['data_files_after']}, "
+                      f"{result['expired_snapshots']} snapshots expired, {result['images_swept']} image files swept")
+
+
+@app.command()
+def migrate(catalog: CatalogOpt = None, as_json: JsonOpt = False) -> None:
+    """Convert a catalog of the first version (catalog.duckdb) into the lake, without re-ingesting.
+
+    Example: ocrcat migrate --catalog ocrcat-data && ocrcat validate --catalog ocrcat-data
+    """
+    from ocrcat.catalog.migrate import migrate as run_migrate
+
+    with user_errors():
+        counts = run_migrate(catalog)
+    if as_json:
+        print_json(counts)
+    else:
+        console.print("migrated " + ", ".join(f"{table} {n}" for table, n in counts.items())
+                      + "; the old file is now catalog.duckdb.migrated (delete it when satisfied)")
 
 
 if __name__ == "__main__":

@@ -60,3 +60,21 @@ PY
 ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
 ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
 ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser
+# ocrcat sql reads files named with --allow (here the export), and without --write writes nothing.
+ocrcat sql "SELECT source, count(*) AS plan_rows FROM '$DEMO/export/*.parquet' GROUP BY 1 ORDER BY 1" --allow "$DEMO/export"
+! ocrcat sql "COPY samples TO '$DEMO/leak.csv'"  # refused, exit 2: read-only without --write
+test ! -e "$DEMO/leak.csv"
+# The lake: readers never wait for a writer, every commit is a snapshot, an export can be redone
+# byte for byte at the snapshot its manifest names, after later ingests changed the catalog.
+ocrcat sample-mirror "$DEMO/mirror-more" --sources chartqa --rows 600 --seed 3
+ocrcat ingest chartqa --mirror "$DEMO/mirror-more" --workers 2 2> "$DEMO/ingest-more.log" &
+INGEST=$!
+sleep 1; ocrcat stats > "$DEMO/stats-during-ingest.txt"  # answers at once, from the last committed snapshot
+head -8 "$DEMO/stats-during-ingest.txt"
+wait $INGEST
+ocrcat sql "SELECT source, count(*) AS rows FROM samples WHERE source = 'chartqa' GROUP BY 1"
+ocrcat history --limit 8
+SNAPSHOT=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['snapshot'])" "$DEMO/export/manifest.json")
+ocrcat export stage2 --out "$DEMO/export-again" --split train --at "$SNAPSHOT"
+cmp "$DEMO/export/stage2.train.parquet" "$DEMO/export-again/stage2.train.parquet" && echo "export at snapshot $SNAPSHOT: byte-identical"
+ocrcat compact

@@ -60,7 +60,7 @@ def test_store_writes_once_at_content_address(tmp_path):
         (b"", "empty"),
         (b"definitely not an image", "cannot decode"),
         (png_bytes()[:-30], "cannot decode"),
-        (absurd_png_header(), "too large"),
+        (absurd_png_header(), "image cap"),
     ],
 )
 def test_bad_images_are_refused(data, message):
@@ -117,4 +117,6 @@ def test_samples_has_every_spec_column(tmp_path):
         "image_sha256", "image_format", "image_width", "image_height", "image_bytes", "image_tokens", "meta",
         "ingest_run",
     ]
-    assert os.path.exists(tmp_path / "catalog.duckdb")
+    # The lake: metadata in SQLite, data under lake/; no single-file DuckDB catalog.
+    assert os.path.exists(tmp_path / "catalog.sqlite")
+    assert not os.path.exists(tmp_path / "catalog.duckdb")

@@ -43,7 +43,7 @@ def make_export(catalog_dir: Path, out: Path, *, text_rows: int = 6, row_group_s
     """
     with Catalog(catalog_dir, read_only=True) as cat:
         image_prefix = "" if relative_paths else str(cat.dir.resolve()) + "/"
-        vision = cat.con.cursor().sql(
+        vision = cat.cursor().sql(
             """SELECT sample_id, source AS component, 0 AS "repeat", source, split, kind, text, response,
                       CAST(messages AS VARCHAR) AS messages, ? || image_path AS image_path,
                       image_width, image_height, image_tokens, CAST(meta AS VARCHAR) AS meta

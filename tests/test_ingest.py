@@ -21,6 +21,7 @@ from PIL import Image
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog
+from ocrcat.catalog.snapshots import compact
 from ocrcat.ingest import chartqa
 from ocrcat.ingest.latex_formulas import strip_align
 from ocrcat.ingest.parquet import split_file_name, write_hub_parquet
@@ -175,7 +176,11 @@ def test_reingest_replaces_rows_and_limit_cuts(sample_mirror_factory, catalog_di
     assert full[0] == full[1] == len(mirror_records(root, "mathwriting"))
     assert by_split["train"] == 7 and by_split["val"] == by_split["test"] == 4
     files = [p for p in (catalog_dir / "images").rglob("*") if p.is_file()]
-    assert len(files) == 7 + 4 + 4  # replaced rows' images were swept
+    assert len(files) == 40  # replaced rows' images stay while a kept snapshot (rollback, --at) needs them
+    with Catalog(catalog_dir) as cat:
+        compact(cat, older_than_snapshot=cat.snapshot())  # expire every earlier snapshot
+    files = [p for p in (catalog_dir / "images").rglob("*") if p.is_file()]
+    assert len(files) == 7 + 4 + 4  # now the replaced rows' images are swept
 
 
 def test_unknown_split_and_missing_mirror_are_clear(tmp_path, sample_mirror_factory, catalog_dir):
@@ -207,8 +212,10 @@ KILLER = textwrap.dedent(
     import os, signal, sys
     from ocrcat.catalog import images
     from ocrcat.catalog import Catalog
+    from ocrcat.ingest import runner
     from ocrcat.ingest.runner import ingest
 
+    runner.COMMIT_RECORDS = 1  # commit every shard as it finishes (batched by default)
     calls = 0
     real_put = images.ImageStore.put
 
@@ -231,8 +238,10 @@ def test_sigkill_mid_ingest_then_rerun_equals_uninterrupted(sample_mirror_factor
     killed = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path / "killed"), str(root), "150"])
     assert killed.returncode == -9
     with Catalog(tmp_path / "killed", read_only=True) as cat:
-        partial = cat.con.execute("SELECT count(*) FROM samples").fetchone()[0]
-    assert 0 < partial < 300  # whole shards landed, not the one being written
+        visible = cat.con.execute("SELECT count(*) FROM samples").fetchone()[0]
+        partial = cat.con.execute("SELECT count(*) FROM samples_pending").fetchone()[0]
+    assert visible == 0  # readers see nothing of a run that has not completed
+    assert partial == 100  # the first shard (a 100-row group) is kept for the resume, not the one being written
     rerun = subprocess.run(OCRCAT + ["ingest", "chartqa", "--mirror", str(root), "--catalog", str(tmp_path / "killed")],
                            capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
@@ -269,22 +278,36 @@ HOLDER = textwrap.dedent(
 )
 
 
-def test_second_writer_gets_catalog_in_use(sample_mirror_factory, tmp_path, catalog_dir):
+def test_writers_of_other_splits_proceed_same_split_is_refused(sample_mirror_factory, tmp_path, catalog_dir):
+    """While one ingest runs: another source ingests to the end, readers read, and a second
+    ingest of the same source and split is refused with a message (nothing of it written)."""
     root = sample_mirror_factory("mathwriting")
     started, release = tmp_path / "started", tmp_path / "release"
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(catalog_dir), str(root), str(started), str(release)])
+    common = ["--catalog", str(catalog_dir)]
     try:
         deadline = time.time() + 60
         while not started.exists() and time.time() < deadline:
             time.sleep(0.05)
         assert started.exists()
-        second = subprocess.run(OCRCAT + ["ingest", "chartqa", "--mirror", str(sample_mirror_factory("chartqa")),
-                                          "--catalog", str(catalog_dir)], capture_output=True, text=True)
-        assert second.returncode == 2
-        assert "is in use by another ocrcat process" in second.stderr
+        other = subprocess.run(OCRCAT + ["ingest", "chartqa", "--mirror", str(sample_mirror_factory("chartqa"))]
+                               + common, capture_output=True, text=True)
+        assert other.returncode == 0, other.stderr
+        same = subprocess.run(OCRCAT + ["ingest", "mathwriting", "--mirror", str(root)] + common,
+                              capture_output=True, text=True)
+        assert same.returncode == 2
+        assert "mathwriting/train is being ingested" in same.stderr and "by another process" in same.stderr
+        counted = subprocess.run(OCRCAT + ["sql", "SELECT source, count(*) AS n FROM samples GROUP BY 1", "--json"]
+                                 + common, capture_output=True, text=True)
+        assert counted.returncode == 0, counted.stderr
+        assert json.loads(counted.stdout) == [{"source": "chartqa", "n": 40}]
     finally:
         release.touch()
         assert holder.wait(timeout=120) == 0
+    with Catalog(catalog_dir, read_only=True) as cat:
+        assert dict(cat.con.execute("SELECT source, count(*) FROM samples GROUP BY 1").fetchall()) == {
+            "chartqa": 40, "mathwriting": 40}
+        assert cat.con.execute("SELECT count(*) FROM ingest_runs WHERE status <> 'completed'").fetchone()[0] == 0
 
 
 def test_sql_is_read_only_unless_write(sample_mirror_factory, catalog_dir):

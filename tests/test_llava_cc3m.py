@@ -15,6 +15,7 @@ from PIL import Image
 from ocrcat.catalog import Catalog
 from ocrcat.ingest import llava_cc3m, zipparts
 from ocrcat.ingest.base import Rejected
+from ocrcat.ingest.limits import Limits
 from ocrcat.ingest.runner import ingest
 
 from test_catalog import png_bytes
@@ -219,12 +220,12 @@ def test_damaged_or_oversized_members_are_image_errors(tmp_path, monkeypatch, ca
     data = path.read_bytes()
     at = data.index(bad) + len(bad) // 2
     path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:])  # one flipped byte in bad.jpg
-    monkeypatch.setattr(llava_cc3m, "MAX_IMAGE_BYTES", (len(good) + len(big)) // 2)
+    cap = Limits(max_member_bytes=(len(good) + len(big)) // 2)
     with Catalog(catalog_dir) as cat:
-        [summary] = ingest(cat, "llava_cc3m", mirror=root)
+        [summary] = ingest(cat, "llava_cc3m", mirror=root, limits=cap)
         errors = dict(cat.con.execute("SELECT source_key, message FROM ingest_errors").fetchall())
     assert (summary.rows, set(catalog_rows(catalog_dir))) == (1, {"good"})
-    assert f"claims {len(big)} bytes, over the" in errors["big"]
+    assert "'big.jpg'" in errors["big"] and "member cap" in errors["big"] and "--max-member-mb" in errors["big"]
     assert "cannot read 'bad.jpg' from images.zip" in errors["bad"] and "CRC" in errors["bad"]
 
 

@@ -3,6 +3,15 @@
 Bytes that decode are stored exactly as they came (no re-encoding). A file appears at its final
 path only when complete: it is written to a temporary name in the same folder, then renamed.
 Identical images are stored once. No name from a source is ever used as a path.
+
+Each distinct image costs once: `put` hashes the bytes first, and an image this store already
+verified (in this process) or that is already on disk at its content address is neither decoded
+nor written again. New images get the cheapest check that still catches a truncated or corrupt
+file: PNG by the CRC of every chunk through IEND, JPEG by a 1/8-scale decode (which still reads
+every entropy-coded byte), other formats by a full decode.
+
+The sweep deletes only what ocrcat created: regular files at content-addressed paths, found
+without following symlinks, whose real location is inside the catalog.
 """
 
 from __future__ import annotations
@@ -10,7 +19,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
+import stat
+import struct
 import warnings
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,10 +36,17 @@ MAX_PIXELS = 144_000_000
 TMP_SUFFIX = ".tmp"
 
 _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp", "TIFF": "tiff"}
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# What `put` writes, and so all the sweep may delete: <sha>.<ext>, or its temporary <sha>.<ext>.<pid>.tmp.
+_OURS = re.compile(r"(?P<sha>[0-9a-f]{64})\.(?:%s)(?:\.\d+\.tmp)?" % "|".join(_EXTENSIONS.values()))
 
 
 class BadImage(ValueError):
     """The bytes are not an image ocrcat can store (truncated, not an image, absurd size)."""
+
+
+class UnsafeSweep(RuntimeError):
+    """The image folder leads outside the catalog (a symlink): nothing is deleted there."""
 
 
 @dataclass(frozen=True)
@@ -38,72 +59,193 @@ class StoredImage:
     bytes: int
 
 
-def inspect_image(data: bytes) -> tuple[str, int, int]:
-    """Check that `data` is a complete, decodable image of sane size; return (format, w, h)."""
+@contextmanager
+def _pixel_cap(max_pixels: int):
+    """Let PIL open images up to our own cap: its default (89.5 Mpx) is lower than the documented one."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels  # PIL warns above this and refuses above twice this
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own check follows
+            yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def _too_large(width: int, height: int, max_pixels: int) -> BadImage:
+    return BadImage(
+        f"image header claims {width}x{height} pixels ({width * height / 1e6:.1f} Mpx), more than the "
+        f"{max_pixels / 1e6:g} Mpx image cap; if the file is a real page, raise the cap "
+        "(ocrcat ingest --max-image-mpx N)"
+    )
+
+
+def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
+    """(format, width, height) from the header alone, size after EXIF rotation; BadImage if unusable."""
     if not data:
         raise BadImage("empty image bytes")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                fmt, (width, height) = img.format, img.size
-                if img.getexif().get(0x0112) in (5, 6, 7, 8):
-                    # EXIF turns it by 90 degrees: the model sees the transposed image (SPEC 5),
-                    # so record that size, or image_tokens would disagree with the crops.
-                    width, height = height, width
-                if fmt not in _EXTENSIONS:
-                    raise BadImage(f"unsupported image format {fmt}")
-                if width * height > MAX_PIXELS:
-                    raise BadImage(
-                        f"image header claims {width}x{height} pixels, more than the "
-                        f"{MAX_PIXELS:,}-pixel limit; the file is corrupt or not a page"
-                    )
-                if fmt == "JPEG":
-                    # Decoding at 1/8 scale still reads every entropy-coded byte, so truncation
-                    # and corruption are caught, at a fraction of the cost of a full decode.
-                    img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
-                img.load()
-    except BadImage:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(f"image too large: {exc}") from None
+        with _pixel_cap(max_pixels), Image.open(io.BytesIO(data)) as img:
+            fmt, (width, height) = img.format, img.size
+            # PIL looks for a PNG's EXIF by decoding the whole image (it may follow the pixels):
+            # only ask when the file has an eXIf chunk at all.
+            has_exif = fmt != "PNG" or b"eXIf" in data
+            if has_exif and img.getexif().get(0x0112) in (5, 6, 7, 8):
+                # EXIF turns it by 90 degrees: the model sees the transposed image (SPEC 5),
+                # so record that size, or image_tokens would disagree with the crops.
+                width, height = height, width
+    except Image.DecompressionBombError:
+        raise _too_large(*_claimed_size(data), max_pixels) from None
     except Exception as exc:  # PIL raises many types for bad data: all mean "not an image"
         raise BadImage(f"cannot decode image: {exc}") from None
+    if fmt not in _EXTENSIONS:
+        raise BadImage(f"unsupported image format {fmt}")
+    if width * height > max_pixels:
+        raise _too_large(width, height, max_pixels)
+    return fmt, width, height
+
+
+def _claimed_size(data: bytes) -> tuple[int, int]:
+    """The size a header claims, read without PIL's bomb check (only for the error message)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:
+        return 0, 0
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def verify_image(data: bytes, fmt: str, max_pixels: int = MAX_PIXELS) -> None:
+    """BadImage unless the bytes are complete and uncorrupted, by the cheapest sure check per format."""
+    if fmt == "PNG":
+        _verify_png_chunks(data)
+        return
+    try:
+        with _pixel_cap(max_pixels), Image.open(io.BytesIO(data)) as img:
+            if fmt == "JPEG":
+                # Decoding at 1/8 scale still reads every entropy-coded byte, so truncation
+                # and corruption are caught, at a fraction of the cost of a full decode.
+                width, height = img.size
+                img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+            img.load()
+    except Exception as exc:
+        raise BadImage(f"cannot decode image: {exc}") from None
+
+
+def _verify_png_chunks(data: bytes) -> None:
+    """Every chunk's CRC through IEND: a flipped byte or a cut anywhere in the file fails one."""
+    if not data.startswith(_PNG_SIGNATURE):
+        raise BadImage("cannot decode image: not a PNG signature")
+    pos, end, seen_data = len(_PNG_SIGNATURE), len(data), False
+    while True:
+        if pos + 12 > end:
+            raise BadImage("cannot decode image: PNG is truncated (no IEND chunk)")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        body_end = pos + 8 + length
+        if body_end + 4 > end:
+            raise BadImage(f"cannot decode image: PNG is truncated inside its {kind!r} chunk")
+        (crc,) = struct.unpack_from(">I", data, body_end)
+        if zlib.crc32(data[pos + 4:body_end]) != crc:
+            raise BadImage(f"cannot decode image: PNG chunk {kind!r} at byte {pos} fails its CRC (corrupt)")
+        seen_data |= kind == b"IDAT"
+        if kind == b"IEND":
+            if not seen_data:
+                raise BadImage("cannot decode image: PNG has no image data (IDAT)")
+            return
+        pos = body_end + 4
+
+
+def inspect_image(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int, int]:
+    """Check that `data` is a complete, uncorrupted image of sane size; return (format, w, h)."""
+    fmt, width, height = image_header(data, max_pixels)
+    verify_image(data, fmt, max_pixels)
     return fmt, width, height
 
 
 class ImageStore:
     """Writes images into `<catalog>/images/`; safe to use from several processes at once."""
 
-    def __init__(self, catalog_dir: str | os.PathLike):
+    def __init__(self, catalog_dir: str | os.PathLike, max_pixels: int = MAX_PIXELS):
         self.catalog_dir = Path(catalog_dir)
         self.root = self.catalog_dir / "images"
+        self.max_pixels = max_pixels
         self._made_dirs: set[Path] = set()  # saves a mkdir call per image on the hot path
+        self._known: dict[tuple[str, str], StoredImage] = {}  # (source, sha) -> verified and stored
 
     def put(self, source: str, data: bytes) -> StoredImage:
-        """Validate and store encoded image bytes; raises BadImage for anything unusable."""
-        fmt, width, height = inspect_image(data)
+        """Validate and store encoded image bytes; raises BadImage for anything unusable.
+
+        An OSError (full disk, I/O error) is not bad input: it propagates, and no partial file
+        is left behind.
+        """
         sha = hashlib.sha256(data).hexdigest()
+        known = self._known.get((source, sha))
+        if known is not None:
+            return known  # a repeat (ChartQA, FigureQA): no decode, no write
+        fmt, width, height = image_header(data, self.max_pixels)
         rel = f"images/{source}/{sha[:2]}/{sha}.{_EXTENSIONS[fmt]}"
         final = self.catalog_dir / rel
-        if not final.exists():
-            if final.parent not in self._made_dirs:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                self._made_dirs.add(final.parent)
-            tmp = final.with_name(f"{final.name}.{os.getpid()}{TMP_SUFFIX}")
+        if not final.exists():  # on disk already means verified when it was written
+            verify_image(data, fmt, self.max_pixels)
+            self._write(final, data)
+        stored = StoredImage(rel, sha, fmt, width, height, len(data))
+        self._known[(source, sha)] = stored
+        return stored
+
+    def _write(self, final: Path, data: bytes) -> None:
+        if final.parent not in self._made_dirs:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(final.parent)
+        tmp = final.with_name(f"{final.name}.{os.getpid()}{TMP_SUFFIX}")
+        try:
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, final)  # atomic: readers see nothing or the whole file
-        return StoredImage(rel, sha, fmt, width, height, len(data))
+        except BaseException as exc:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+            if isinstance(exc, OSError) and exc.errno and not exc.filename:
+                raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(tmp)) from None  # name it
+            raise
 
     def sweep(self, source: str, keep: set[str]) -> int:
-        """Delete files of `source` not in `keep` (relative paths) and leftover temporaries."""
-        removed = 0
+        """Delete files of `source` not in `keep` (relative paths) and leftover temporaries.
+
+        Only regular files named as `put` names them, at depth <sha[:2]>/<file>, found without
+        following symlinks and really inside the catalog, are deleted. UnsafeSweep when
+        `images/` or `images/<source>/` is a symlink leading outside the catalog.
+        """
         folder = self.root / source
-        if not folder.exists():
+        inside = self.catalog_dir.resolve()
+        for path in (self.root, folder):
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                raise UnsafeSweep(
+                    f"{path} is a symlink to {path.resolve()}, outside the catalog {inside}; ocrcat only "
+                    "deletes files inside its catalog, so unreferenced images were not swept there"
+                )
+        try:
+            top = os.lstat(folder)
+        except FileNotFoundError:
             return 0
-        for path in folder.rglob("*"):
-            if path.is_file() and path.relative_to(self.catalog_dir).as_posix() not in keep:
-                path.unlink()
+        if not stat.S_ISDIR(top.st_mode) and not folder.is_dir():
+            return 0
+        removed = 0
+        for prefix in os.scandir(folder):
+            if not prefix.is_dir(follow_symlinks=False) or len(prefix.name) != 2:
+                continue  # a symlinked folder is never entered
+            for entry in os.scandir(prefix.path):
+                match = _OURS.fullmatch(entry.name)
+                if not match or match["sha"][:2] != prefix.name or not entry.is_file(follow_symlinks=False):
+                    continue  # not a file ocrcat wrote (or a symlink): left alone
+                if f"images/{source}/{prefix.name}/{entry.name}" in keep:
+                    continue
+                if not Path(entry.path).resolve().is_relative_to(inside):
+                    continue
+                os.unlink(entry.path)
                 removed += 1
         return removed

@@ -1,4 +1,9 @@
-"""The catalog's tables. Columns may be added over time, never removed (SPEC §2)."""
+"""The catalog's tables. Columns may be added over time, never removed (SPEC §2).
+
+The lake (DuckLake) has no PRIMARY KEY/UNIQUE constraints and no sequences: sample ids are unique
+by construction (the runner replaces a split as a whole and drops repeated keys before writing;
+`ocrcat validate` checks it), run ids are max + 1 taken while holding the commit lock.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ SCHEMA_VERSION = 1
 
 # Column order of `samples`; ingest builds Arrow batches in exactly this order.
 SAMPLE_COLUMNS: list[tuple[str, str]] = [
-    ("sample_id", "UBIGINT PRIMARY KEY"),
+    ("sample_id", "UBIGINT NOT NULL"),
     ("source", "VARCHAR NOT NULL"),
     ("split", "VARCHAR NOT NULL"),
     ("source_key", "VARCHAR NOT NULL"),
@@ -28,24 +33,31 @@ SAMPLE_COLUMN_NAMES = [name for name, _ in SAMPLE_COLUMNS]
 
 DDL = [
     # Key/value facts about the catalog itself: schema version, vision mode.
-    """CREATE TABLE IF NOT EXISTS catalog_info (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS catalog_info (key VARCHAR NOT NULL, value VARCHAR NOT NULL)""",
     "CREATE TABLE IF NOT EXISTS samples (\n  "
     + ",\n  ".join(f"{name} {type_}" for name, type_ in SAMPLE_COLUMNS)
     + "\n)",
-    "CREATE SEQUENCE IF NOT EXISTS ingest_run_ids START 1",
+    # The rows of unfinished ingest runs, shard by shard; a run that completes moves its split's
+    # rows into `samples` in one commit (so readers never see a half-replaced split).
+    "CREATE TABLE IF NOT EXISTS samples_pending (\n  "
+    + ",\n  ".join(f"{name} {type_}" for name, type_ in SAMPLE_COLUMNS)
+    + "\n)",
+    # run_id is allocated by the ingest runner (max + 1 inside its commit): no sequence needed.
     """CREATE TABLE IF NOT EXISTS ingest_runs (
-        run_id INTEGER PRIMARY KEY DEFAULT nextval('ingest_run_ids'),
+        run_id INTEGER NOT NULL,
         source VARCHAR NOT NULL,
         split VARCHAR NOT NULL,
         fingerprint VARCHAR NOT NULL,  -- hash of the arguments that shape the rows
         arguments JSON NOT NULL,
         started_at TIMESTAMP NOT NULL,
         finished_at TIMESTAMP,
-        status VARCHAR NOT NULL,       -- running | completed | failed
+        status VARCHAR NOT NULL,       -- running | completed | failed | interrupted
         rows BIGINT DEFAULT 0,
         errors BIGINT DEFAULT 0,
         skipped BIGINT DEFAULT 0,
-        resumed_from INTEGER           -- the unfinished run this one continued, if any
+        resumed_from INTEGER,          -- the unfinished run this one continued, if any
+        message VARCHAR,               -- why it failed or stopped, as the CLI printed it
+        snapshot BIGINT                -- the lake snapshot its last commit made
     )""",
     """CREATE TABLE IF NOT EXISTS ingest_errors (
         run_id INTEGER NOT NULL,
@@ -64,12 +76,11 @@ DDL = [
         run_id INTEGER NOT NULL,
         rows BIGINT NOT NULL,
         errors BIGINT NOT NULL,
-        skipped BIGINT NOT NULL,
-        PRIMARY KEY (source, split, fingerprint, shard_key)
+        skipped BIGINT NOT NULL
     )""",
     # Mixtures (SPEC §4): a definition as data; `ocrcat.mix` builds the view `mix_<name>` from it.
     """CREATE TABLE IF NOT EXISTS mixtures (
-        name VARCHAR PRIMARY KEY,
+        name VARCHAR NOT NULL,
         seed BIGINT NOT NULL,
         text_share DOUBLE NOT NULL DEFAULT 0,
         text_predicate VARCHAR,        -- which rows count as text rows for the share; NULL = kind = 'text'
@@ -80,7 +91,9 @@ DDL = [
         position INTEGER NOT NULL,     -- order of definition
         name VARCHAR NOT NULL,
         predicate VARCHAR NOT NULL,    -- SQL over samples
-        weight DOUBLE NOT NULL,
-        PRIMARY KEY (mixture, name)
+        weight DOUBLE NOT NULL
     )""",
 ]
+
+TABLES = ["catalog_info", "samples", "samples_pending", "ingest_runs", "ingest_errors", "ingest_shards",
+          "mixtures", "mixture_components"]

@@ -1,20 +1,51 @@
-"""The catalog: one directory with `catalog.duckdb` and the image store `images/`."""
+"""The catalog: one directory holding a DuckLake lake and the image store `images/`.
+
+    <catalog>/catalog.sqlite   table metadata and snapshots (SQLite, no server)
+    <catalog>/lake/            table data, plain Parquet files
+    <catalog>/images/          the content-addressed image store
+    <catalog>/locks/           lock files of running writers (empty files)
+
+The lake is attached as `lake` and made the connection's default catalog, so `SELECT … FROM samples`
+works as with a plain DuckDB file. Readers attach read-only and see the last committed snapshot,
+whatever writers do meanwhile; several writers may commit, each commit is a snapshot.
+
+Writers on one machine take a short lock (`locks/commit.lock`) around each commit: SQLite lets one
+writer commit at a time and fails the others at once ("database is locked") instead of waiting,
+and DuckLake fails a commit that raced a delete from the same table; taking turns avoids both.
+The lock is held only while a commit runs (milliseconds to seconds), never by readers, and the
+kernel drops it when a process dies. Commits that still fail on a conflict (a writer on another
+machine, or one that is not ocrcat) are retried from the start.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import os
-import re
+import random
+import tempfile
+import time
 from pathlib import Path
+from typing import Callable, Iterator, TypeVar
 
 import duckdb
 
 from ocrcat import vision
+from ocrcat.catalog import extensions
 from ocrcat.catalog.images import ImageStore
-from ocrcat.catalog.schema import DDL, SCHEMA_VERSION
+from ocrcat.catalog.schema import DDL, SCHEMA_VERSION, TABLES
 
 DEFAULT_DIR = "ocrcat-data"
-DB_NAME = "catalog.duckdb"
+METADATA_NAME = "catalog.sqlite"
+DATA_DIR = "lake"
+LEGACY_NAME = "catalog.duckdb"  # the single-file catalog of the first version; `ocrcat migrate` converts it
+LAKE = "lake"  # the name the lake is attached under
+AUTHOR = "ocrcat"
+COMMIT_RETRIES = 20
+
+T = TypeVar("T")
 
 
 class CatalogError(RuntimeError):
@@ -22,7 +53,7 @@ class CatalogError(RuntimeError):
 
 
 class CatalogBusy(CatalogError):
-    """Another process holds the catalog open for writing."""
+    """Another process is doing the same write (the same source and split)."""
 
 
 def resolve_dir(path: str | os.PathLike | None = None) -> Path:
@@ -37,7 +68,8 @@ def sample_id(source: str, split: str, source_key: str) -> int:
 
 
 class Catalog:
-    """An open catalog. Use as a context manager; `read_only=True` for queries.
+    """An open catalog. Use as a context manager; `read_only=True` for queries; `at=N` reads
+    snapshot N (read-only) as it was when committed.
 
     >>> with Catalog("ocrcat-data", read_only=True) as cat:
     ...     cat.con.sql("SELECT source, count(*) FROM samples GROUP BY 1").show()
@@ -49,22 +81,39 @@ class Catalog:
         *,
         read_only: bool = False,
         vision_mode: str | None = None,
+        at: int | None = None,
+        _migrating: bool = False,
     ):
         self.dir = resolve_dir(path)
-        self.db_path = self.dir / DB_NAME
-        self.read_only = read_only
-        if read_only and not self.db_path.exists():
-            raise CatalogError(
-                f"no catalog at {self.dir}: ingest something first (ocrcat ingest …) "
-                "or point --catalog / $OCRCAT_HOME at an existing one"
-            )
-        if not read_only:
-            self.dir.mkdir(parents=True, exist_ok=True)
-        self.con = _connect(self.db_path, read_only)
-        if not read_only:
-            for statement in DDL:
-                self.con.execute(statement)
-            self._init_info(vision_mode)
+        self.metadata_path = self.dir / METADATA_NAME
+        self.data_path = self.dir / DATA_DIR
+        self.at = at
+        self.read_only = read_only or at is not None
+        if self.dir.exists() and not self.dir.is_dir():
+            raise CatalogError(f"the catalog path {self.dir} is a file, not a folder; give --catalog (or "
+                               "$OCRCAT_HOME) a folder, which is created if missing")
+        if not self.metadata_path.exists():
+            if (self.dir / LEGACY_NAME).exists() and not _migrating:
+                raise CatalogError(
+                    f"{self.dir} holds a catalog in the old single-file format ({LEGACY_NAME}); "
+                    f"convert it once, keeping rows and images, with: ocrcat migrate --catalog {self.dir}"
+                )
+            if self.read_only:
+                raise CatalogError(
+                    f"no catalog at {self.dir}: ingest something first (ocrcat ingest …) "
+                    "or point --catalog / $OCRCAT_HOME at an existing one"
+                )
+            try:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CatalogError(f"cannot create the catalog folder {self.dir}: {exc.strerror}") from None
+        self.con = connect()
+        if self.read_only:
+            self._attach()
+        else:
+            with self.commit_lock():  # two processes creating one lake must not both lay it out
+                self._attach()
+                self._create_tables(vision_mode)
         self.vision_mode = self.info("vision_mode") or vision.DEFAULT_MODE
         if vision_mode and vision_mode != self.vision_mode:
             raise CatalogError(
@@ -73,18 +122,142 @@ class Catalog:
             )
         self.images = ImageStore(self.dir)
 
-    def _init_info(self, vision_mode: str | None) -> None:
-        if self.info("vision_mode") is None:
-            mode = vision.get_mode(vision_mode or vision.DEFAULT_MODE).name
-            self.set_info("vision_mode", mode)
-            self.set_info("schema_version", str(SCHEMA_VERSION))
+    # --- opening -------------------------------------------------------------------------------
+
+    def _attach(self) -> None:
+        # The data path is given on every attach (and overrides the stored one), so a catalog
+        # folder can be moved or mounted elsewhere; data file paths are stored relative to it.
+        options = [
+            f"DATA_PATH {_quote(self.data_path.resolve().as_posix() + '/')}",
+            "OVERRIDE_DATA_PATH TRUE",
+            # WAL: a reader never blocks a writer nor the other way round. busy_timeout: wait
+            # (instead of failing) for the moment SQLite needs to switch between them.
+            "METADATA_PARAMETERS MAP {'busy_timeout': '60000', 'journal_mode': 'WAL'}",
+        ]
+        if self.read_only:
+            options.append("READ_ONLY")
+        if self.at is not None:
+            options.append(f"SNAPSHOT_VERSION {int(self.at)}")
+        target = _quote(f"ducklake:sqlite:{self.metadata_path.resolve().as_posix()}")
+        try:
+            self.con.execute(f"ATTACH {target} AS {LAKE} ({', '.join(options)})")
+        except duckdb.Error as exc:
+            message = str(exc).strip().splitlines()[0]
+            if self.at is not None and "snapshot" in message.lower():
+                raise CatalogError(f"catalog {self.dir} has no snapshot {self.at}; list them with "
+                                   "`ocrcat history`") from None
+            raise CatalogError(f"cannot open the catalog at {self.dir}: {message}") from None
+        self.con.execute(f"USE {LAKE}")
+
+    def _create_tables(self, vision_mode: str | None) -> None:
+        present = {name for (name,) in self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [LAKE]).fetchall()}
+        if present >= set(TABLES):
+            return  # an existing catalog: no empty snapshot for every open
+        mode = vision.get_mode(vision_mode or vision.DEFAULT_MODE).name
+
+        def create(con):
+            for statement in DDL:
+                con.execute(statement)
+            if "catalog_info" not in present:
+                con.executemany("INSERT INTO catalog_info VALUES (?, ?)",
+                                [["vision_mode", mode], ["schema_version", str(SCHEMA_VERSION)]])
+
+        self.commit(create, "create the catalog", locked=True)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def commit_lock(self) -> Iterator[None]:
+        """Hold the machine-wide turn to commit to this catalog (see the module docstring)."""
+        locks = self.dir / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / "commit.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def exclusive(self, what: str, message: str) -> Iterator[None]:
+        """Hold the lock named `what` for the block, or raise CatalogBusy(message) at once if another
+        process holds it (a second ingest of the same split). The kernel drops it when we die."""
+        locks = self.dir / "locks"
+        locks.mkdir(exist_ok=True)
+        with open(locks / f"{what}.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip()
+                raise CatalogBusy(message + (f" (process {holder})" if holder else "")) from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                f.truncate(0)
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def commit(self, work: Callable[[duckdb.DuckDBPyConnection], T], message: str, *,
+               locked: bool = False, **extra) -> T:
+        """Run `work(con)` in one transaction and commit it as one snapshot with `message` (and
+        `extra` as JSON) for `ocrcat history`. A commit that loses a race is run again from the start,
+        so `work` must only depend on what it reads inside the transaction and on its arguments."""
+        self._writable()
+        for attempt in range(COMMIT_RETRIES):
+            with contextlib.nullcontext() if locked else self.commit_lock():
+                self.con.execute("BEGIN TRANSACTION")
+                try:
+                    result = work(self.con)
+                    self.con.execute(f"CALL {LAKE}.set_commit_message(?, ?, extra_info => ?)",
+                                     [AUTHOR, message, json.dumps(extra, sort_keys=True, default=str)])
+                    self.con.execute("COMMIT")
+                    return result
+                except duckdb.Error as exc:
+                    _rollback(self.con)
+                    if not _lost_race(exc) or attempt == COMMIT_RETRIES - 1:
+                        raise
+                except BaseException:
+                    _rollback(self.con)
+                    raise
+            time.sleep(min(5.0, 0.05 * 1.5 ** attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise CatalogError("this needs the catalog open for writing (it is open read-only)")
+
+    # --- facts ---------------------------------------------------------------------------------
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A second connection to the open catalog, also defaulting to the lake (a plain
+        `con.cursor()` would start in DuckDB's in-memory database, where there is no `samples`)."""
+        cursor = self.con.cursor()
+        cursor.execute(f"USE {LAKE}")
+        return cursor
+
+    def snapshot(self) -> int:
+        """The snapshot this connection reads now (inside a transaction: the transaction's)."""
+        return self.con.execute(f"SELECT id FROM {LAKE}.current_snapshot()").fetchone()[0]
+
+    def next_snapshot(self) -> int:
+        """The id the commit being prepared will get: call it inside `commit` (under the lock)."""
+        return self.con.execute(f"SELECT max(snapshot_id) + 1 FROM {LAKE}.snapshots()").fetchone()[0]
 
     def info(self, key: str) -> str | None:
         row = self.con.execute("SELECT value FROM catalog_info WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
     def set_info(self, key: str, value: str) -> None:
-        self.con.execute("INSERT OR REPLACE INTO catalog_info VALUES (?, ?)", [key, value])
+        def put(con):
+            con.execute("DELETE FROM catalog_info WHERE key = ?", [key])
+            con.execute("INSERT INTO catalog_info VALUES (?, ?)", [key, value])
+
+        self.commit(put, f"set {key}")
 
     def count_image_tokens(self, width: int, height: int) -> int:
         return vision.count_image_tokens(width, height, self.vision_mode)
@@ -99,16 +272,30 @@ class Catalog:
         self.close()
 
 
-def _connect(db_path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+def connect() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the lake's extensions loaded and no network use."""
+    spill = Path(tempfile.gettempdir()) / f"ocrcat-duckdb-{os.getuid()}"
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "temp_directory": str(spill)})
     try:
-        return duckdb.connect(str(db_path), read_only=read_only)
-    except duckdb.IOException as exc:
-        message = str(exc)
-        if "lock" not in message.lower():
-            raise CatalogError(f"cannot open {db_path}: {message}") from None
-        pid = re.search(r"PID (\d+)", message)
-        holder = f" (process {pid.group(1)})" if pid else ""
-        raise CatalogBusy(
-            f"catalog {db_path.parent} is in use by another ocrcat process{holder}; "
-            "wait for it to finish (an ingest holds the catalog until it ends) and try again"
-        ) from None
+        extensions.load(con)
+    except extensions.ExtensionError as exc:
+        con.close()
+        raise CatalogError(str(exc)) from None
+    return con
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:
+        pass  # a failed COMMIT has already ended the transaction
+
+
+def _lost_race(exc: duckdb.Error) -> bool:
+    """A commit that failed only because another writer committed first: worth running again."""
+    text = str(exc).lower()
+    return "database is locked" in text or "conflict" in text

@@ -35,7 +35,7 @@ FEATURES = {
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:
-    return plan_split(root, f"data/{split}-*.parquet")
+    return plan_split(root, f"data/{split}-*.parquet", FEATURES)
 
 
 def read(shard: Shard, options: dict) -> Iterator[Record]:

@@ -40,7 +40,7 @@ FEATURES = {
 def plan(root: Path, split: str, options: dict) -> list[Shard]:
     if split != "train":
         return []
-    shards = plan_files(require_files(root, "data/train-*.parquet", "FigureQA Parquet files"), root, ROWS_PER_SHARD)
+    shards = plan_files(require_files(root, "data/train-*.parquet", "FigureQA Parquet files"), root, ROWS_PER_SHARD, FEATURES)
     # A shard's size is its QA pairs, not its figures: count them from the qa column alone
     # (a figure with no questions still yields one record, its error row).
     by_group: dict[tuple[str, int], list[Shard]] = defaultdict(list)

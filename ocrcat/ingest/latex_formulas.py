@@ -42,7 +42,7 @@ def strip_align(formula: str) -> str:
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:
-    return plan_split(root, f"cleaned_formulas/{split}-*.parquet")
+    return plan_split(root, f"cleaned_formulas/{split}-*.parquet", FEATURES)
 
 
 def read(shard: Shard, options: dict) -> Iterator[Record]:

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ocrcat.ingest import synth, zipparts
+from ocrcat.ingest import limits, synth, zipparts
 from ocrcat.ingest.base import MirrorError, Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
 
 INFO = SourceInfo(
@@ -36,7 +36,6 @@ OPTIONS: dict[str, Option] = {}
 ENTRIES_PER_SHARD = 512
 CHUNK = 1 << 20  # bytes of chat.json read at a time
 MAX_ENTRY_CHARS = 16 << 20  # an entry is ~0.5 KB; this much text without a complete value is corruption
-MAX_IMAGE_BYTES = 64 << 20  # a zip member claiming more is not a CC3M photo (zip bomb guard)
 TAG = "<image>"
 # The instructions LLaVA's pretraining data pairs with captions (a sample of them).
 PROMPTS = [
@@ -68,15 +67,22 @@ def iter_array(f: BinaryIO, offset: int = 0) -> Iterator[tuple[int, object]]:
     decoder, text = json.JSONDecoder(), codecs.getincrementaldecoder("utf-8")()
     f.seek(offset)
     buf, pos, at, eof = "", 0, offset, False  # `at` is the byte offset of buf[pos]
+    bad: JSONSyntaxError | None = None  # invalid UTF-8 met: the text ends before it
 
     def more() -> None:
-        nonlocal buf, pos, eof
+        nonlocal buf, pos, eof, bad
+        if bad is not None:  # the entries before the bad byte were all parsed: now report it
+            raise bad
+        start, pending = f.tell(), len(text.getstate()[0])
         data = f.read(CHUNK)
         try:
-            buf = buf[pos:] + text.decode(data, final=not data)
+            decoded = text.decode(data, final=not data)
         except UnicodeDecodeError as exc:
-            raise JSONSyntaxError(at, f"not UTF-8 ({exc.reason})") from None
-        pos, eof = 0, not data
+            # Keep the text before the bad byte (whole characters), so its entries are not lost.
+            decoded = exc.object[:exc.start].decode("utf-8")
+            where = start - pending + exc.start
+            bad = JSONSyntaxError(where, f"not UTF-8 ({exc.reason}: byte 0x{exc.object[exc.start]:02x})")
+        buf, pos, eof = buf[pos:] + decoded, 0, not data
 
     def advance(to: int) -> None:
         nonlocal pos, at
@@ -113,8 +119,11 @@ def iter_array(f: BinaryIO, offset: int = 0) -> Iterator[tuple[int, object]]:
         else:
             try:
                 value, end = decoder.raw_decode(buf, pos)
-                if end == len(buf) and not eof:  # a value touching the chunk end may go on in the next
+                if end == len(buf) and not eof and bad is None:  # it may go on in the next chunk
                     raise json.JSONDecodeError("cut at chunk end", buf, end)
+            except RecursionError:
+                raise JSONSyntaxError(at, f"an entry nests deeper than Python can parse (JSON nesting cap "
+                                          f"{limits.current().max_json_depth})") from None
             except json.JSONDecodeError as exc:
                 if eof or len(buf) - pos > MAX_ENTRY_CHARS:
                     raise JSONSyntaxError(at + len(buf[pos:exc.pos].encode("utf-8")), exc.msg) from None
@@ -202,6 +211,10 @@ def to_record(entry: object, index: int, archive: BinaryIO, loc: zipparts.Member
     """
     if not isinstance(entry, dict):
         return Rejected(f"chat.json#{index}", "parse", f"entry is a JSON {type(entry).__name__}, not an object")
+    try:
+        limits.check_json_depth(entry)
+    except limits.CapExceeded as exc:
+        return Rejected(f"chat.json#{index}", "parse", str(exc))
     key = entry.get("id")
     if not isinstance(key, str) or not key.strip():
         return Rejected(f"chat.json#{index}", "parse", "entry has no string id")
@@ -222,11 +235,10 @@ def to_record(entry: object, index: int, archive: BinaryIO, loc: zipparts.Member
         return Rejected(key, "parse", "entry has no image name")
     if loc is None:  # planning looked the name up in the zip's directory: it never becomes a path
         return Rejected(key, "image", f"image {name!r} is not in images.zip")
-    claimed = max(loc.size, loc.compressed)
-    if claimed > MAX_IMAGE_BYTES:
-        return Rejected(key, "image", f"image {name!r} claims {claimed} bytes, over the {MAX_IMAGE_BYTES} limit")
     try:
         data = zipparts.read_member(archive, loc, name)
+    except limits.CapExceeded as exc:  # a zip bomb, not a CC3M photo
+        return Rejected(key, "image", str(exc))
     except (OSError, ValueError) as exc:  # bad CRC, cut archive, bad compression, archive replaced
         return Rejected(key, "image", f"cannot read {name!r} from images.zip: {exc}")
     return Sample(key, vision_prompt(prompt), caption, data, meta={"image": name})

@@ -27,7 +27,7 @@ FEATURES = {"image": IMAGE, "latex": STRING}
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:
-    return plan_split(root, f"data/{split}-*.parquet")
+    return plan_split(root, f"data/{split}-*.parquet", FEATURES)
 
 
 def read(shard: Shard, options: dict) -> Iterator[Record]:

@@ -27,6 +27,8 @@ import pyarrow.parquet as pq
 import pymupdf
 
 from ocrcat.ingest import synth
+from ocrcat.ingest.limits import CapExceeded, loads_json
+from ocrcat.ingest.tars import read_member as read_tar_member
 from ocrcat.ingest.base import MirrorError, Option, Record, Rejected, Sample, Shard, Skipped, SourceInfo, vision_prompt
 
 CONFIGS = ("00_documents", "01_books", "02_loc_transcripts", "03_national_archives")
@@ -107,7 +109,8 @@ def plan(root: Path, split: str, options: dict) -> list[Shard]:
         for tarball, rows in sorted(groups.items()):
             label = Path(tarball).name if tarball else "no-tarball"
             shards.append(Shard(f"{rel}:{label}", len(rows),
-                                {"path": str(path), "file": rel, "config": config, "tarball": tarball, "rows": rows}))
+                                {"path": str(path), "file": rel, "config": config, "tarball": tarball or None,
+                                 "rows": rows}))
     return shards
 
 
@@ -135,7 +138,7 @@ def _facts(row: dict) -> dict:
     if "natural_text" in row or "response" not in row:
         return row
     try:
-        response = json.loads(row["response"] or "")
+        response = loads_json(row["response"] or "")
     except ValueError as exc:
         raise ValueError(f"response is not JSON: {exc}") from None
     if not isinstance(response, dict):
@@ -179,7 +182,12 @@ def _stream(tarball: Path, pending: dict[str, list[tuple[str, dict]]], config: s
                 name = member.name.removeprefix("./")
                 if not member.isfile() or name not in pending:
                     continue
-                data = tar.extractfile(member).read()  # if this fails, the rows stay pending
+                try:
+                    data = read_tar_member(tar, member)  # if this fails, the rows stay pending
+                except CapExceeded as exc:
+                    for key, _ in pending.pop(name):
+                        yield Rejected(key, "read", str(exc))
+                    continue
                 for key, row in pending.pop(name):
                     yield _sample(key, row, data, config, options)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:

@@ -8,13 +8,14 @@ to import, is then only loaded to write sample mirrors, never by ingest workers 
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ocrcat.ingest.base import Shard
+from ocrcat.ingest.base import MirrorError, Shard
 
 ROWS_PER_SHARD = 256
 
@@ -27,12 +28,28 @@ def list_of(feature: dict) -> dict:
     return {"feature": feature, "_type": "List"}
 
 
-def plan_files(files: list[Path], root: Path, rows_per_shard: int = ROWS_PER_SHARD) -> list[Shard]:
-    """Shards of at most `rows_per_shard` rows, never crossing a row group; one record per row."""
+class SchemaMismatch(MirrorError):
+    """A Parquet file whose columns are not the source's: caught at planning, before any work."""
+
+
+def plan_files(files: list[Path], root: Path, rows_per_shard: int = ROWS_PER_SHARD,
+               features: dict | None = None) -> list[Shard]:
+    """Shards of at most `rows_per_shard` rows, never crossing a row group; one record per row.
+
+    With `features` (the source's columns in the hub's serialised form) every file's schema is
+    checked first, so a file of another dataset fails the plan instead of every record.
+    """
     shards = []
     for path in files:
         rel = path.relative_to(root).as_posix()
-        meta = pq.ParquetFile(path).metadata
+        try:
+            parquet = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise MirrorError(f"{path} is not a readable Parquet file ({exc}); it is corrupt or "
+                              "incomplete: fetch it again") from None
+        if features:
+            check_schema(parquet.schema_arrow, features, path)
+        meta = parquet.metadata
         for group in range(meta.num_row_groups):
             n = meta.row_group(group).num_rows
             for start in range(0, n, rows_per_shard):
@@ -42,11 +59,65 @@ def plan_files(files: list[Path], root: Path, rows_per_shard: int = ROWS_PER_SHA
                         key=f"{rel}:g{group}:{start}",
                         size=stop - start,
                         payload={"path": str(path), "file": rel, "group": group,
-                                 "start": start, "stop": stop,
+                                 "start": start, "stop": stop, "per_shard": rows_per_shard,
                                  "first_row": _rows_before(meta, group) + start},
                     )
                 )
     return shards
+
+
+def check_schema(schema: pa.Schema, features: dict, path: Path) -> None:
+    """SchemaMismatch naming every missing or mistyped column of `features` in the file at `path`."""
+    problems = []
+    for name, feature in features.items():
+        if name not in schema.names:
+            problems.append(f"column {name!r} is missing")
+        elif not _matches(schema.field(name).type, feature):
+            problems.append(f"column {name!r} is {schema.field(name).type}, expected {_describe(feature)}")
+    if problems:
+        raise SchemaMismatch(f"{path} does not have this source's columns: {'; '.join(problems)} "
+                             f"(it has: {', '.join(schema.names)}); is it a file of another dataset or config?")
+
+
+def _matches(arrow: pa.DataType, feature) -> bool:
+    """Whether an Arrow type can hold a feature of the hub's serialised form."""
+    if isinstance(feature, list):  # the old spelling of a list: [feature]
+        return _is_list(arrow) and _matches(arrow.value_type, feature[0])
+    kind = feature.get("_type")
+    if kind == "Image":
+        return pa.types.is_struct(arrow) and any(
+            f.name == "bytes" and (pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)) for f in arrow)
+    if kind in ("List", "Sequence", "LargeList"):
+        return _is_list(arrow) and _matches(arrow.value_type, feature["feature"])
+    if kind == "ClassLabel":
+        return pa.types.is_integer(arrow)
+    if kind == "Value":
+        if feature["dtype"] in ("string", "large_string"):
+            return pa.types.is_string(arrow) or pa.types.is_large_string(arrow)
+        return not (pa.types.is_nested(arrow) or pa.types.is_binary(arrow))
+    if kind is None:  # a dict of fields: a struct
+        return pa.types.is_struct(arrow) and all(
+            arrow.get_field_index(k) >= 0 and _matches(arrow.field(k).type, v) for k, v in feature.items())
+    return True  # feature types ocrcat does not use: not checked
+
+
+def _is_list(arrow: pa.DataType) -> bool:
+    return pa.types.is_list(arrow) or pa.types.is_large_list(arrow) or pa.types.is_fixed_size_list(arrow)
+
+
+def _describe(feature) -> str:
+    if isinstance(feature, list):
+        return f"a list of {_describe(feature[0])}"
+    kind = feature.get("_type")
+    if kind == "Image":
+        return "an Image struct {bytes, path}"
+    if kind in ("List", "Sequence", "LargeList"):
+        return f"a list of {_describe(feature['feature'])}"
+    if kind == "ClassLabel":
+        return "an integer class label"
+    if kind == "Value":
+        return feature["dtype"]
+    return "a struct {" + ", ".join(feature) + "}"
 
 
 def _rows_before(meta: pq.FileMetaData, group: int) -> int:
@@ -56,8 +127,18 @@ def _rows_before(meta: pq.FileMetaData, group: int) -> int:
 def read_rows(shard: Shard, columns: list[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row index within the file, row as a dict) for each row of a shard planned by plan_files."""
     p = shard.payload
-    table = pq.ParquetFile(p["path"]).read_row_group(p["group"], columns=columns)
-    table = table.slice(p["start"], p["stop"] - p["start"])
+    pf = pq.ParquetFile(p["path"])
+    if p["start"] == 0 and p["stop"] == pf.metadata.row_group(p["group"]).num_rows:
+        table = pf.read_row_group(p["group"], columns=columns)
+    else:
+        # A slice of a large row group: stream it in shard-sized batches and stop after this one,
+        # rather than decoding the whole group for every shard cut from it.
+        per, size = p.get("per_shard") or 0, p["stop"] - p["start"]
+        if per and p["start"] % per == 0 and size <= per:
+            batches = pf.iter_batches(batch_size=per, row_groups=[p["group"]], columns=columns)
+            table = pa.Table.from_batches([next(itertools.islice(batches, p["start"] // per, None))])
+        else:
+            table = pf.read_row_group(p["group"], columns=columns).slice(p["start"], size)
     for offset, row in enumerate(table.to_pylist()):
         yield p["first_row"] + offset, row
 
@@ -99,9 +180,9 @@ def split_file_name(split: str, index: int = 0, count: int = 1) -> str:
     return f"{split}-{index:05d}-of-{count:05d}.parquet"
 
 
-def plan_split(root: Path, pattern: str) -> list[Shard]:
+def plan_split(root: Path, pattern: str, features: dict | None = None) -> list[Shard]:
     """Shards of every Parquet file of one split (`pattern` relative to the source's mirror)."""
-    return plan_files(sorted(root.glob(pattern)), root)
+    return plan_files(sorted(root.glob(pattern)), root, features=features)
 
 
 def row_key(shard: Shard, index: int) -> str:

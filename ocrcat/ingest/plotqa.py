@@ -182,7 +182,7 @@ def prompt_for(key: str) -> str:
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:
-    return plan_split(root, f"data/{HUB_SPLITS[split]}-*.parquet")
+    return plan_split(root, f"data/{HUB_SPLITS[split]}-*.parquet", FEATURES)
 
 
 def read(shard: Shard, options: dict) -> Iterator[Record]:

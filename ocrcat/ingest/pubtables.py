@@ -9,11 +9,13 @@ words tarball alone is 4 GB. So planning stages them once (a partitioned hash jo
 tarball is streamed a single time and every member is appended to the pack file of its bucket
 (a stable hash of the table name). A shard is then one bucket of one split: its worker reads
 three small pack files and holds only that bucket in memory, however large the tarballs are.
-The staging folder is reused while the tarballs are unchanged (a manifest records them).
+The staging folder (default `<catalog>/staging/pubtables`) is reused while the tarballs are
+unchanged (a manifest records them); it is locked while in use and replaced only whole.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -22,6 +24,7 @@ import os
 import random
 import shutil
 import struct
+import sys
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -29,7 +32,8 @@ from typing import Iterator
 
 from PIL import Image, ImageDraw
 
-from ocrcat.ingest import synth
+from ocrcat.ingest import limits, synth, tars
+from ocrcat.ingest.limits import CapExceeded, loads_json
 from ocrcat.ingest.base import MirrorError, Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
 from ocrcat.ingest.pubtables_html import table_html
 
@@ -44,7 +48,7 @@ INFO = SourceInfo(
 )
 OPTIONS = {
     "tables_per_shard": Option(256, "tables per shard (a staging bucket); a worker holds one bucket"),
-    "staging": Option("", "folder for the staged join [default: <mirror>/pubtables/.ocrcat-staging]"),
+    "staging": Option("", "folder for the staged join [default: <catalog>/staging/pubtables]"),
 }
 PROMPT = "Convert this table to HTML."
 HUB_SPLITS = {"Train": "train", "Val": "val", "Test": "test"}
@@ -75,14 +79,10 @@ def _bucket(name: str, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") % buckets
 
 
-def _members(path: Path) -> Iterator[tarfile.TarInfo | tuple[tarfile.TarInfo, bytes]]:
-    """(member, bytes) of each file of a tar.gz, streamed (mode r|gz: no seeking, no index)."""
+def _members(path: Path) -> Iterator[tuple[tarfile.TarInfo, bytes | CapExceeded]]:
+    """(member, bytes) of each file of a tar.gz, streamed; CapExceeded for one over the member cap."""
     try:
-        with tarfile.open(path, "r|gz") as tar:
-            for member in tar:
-                if member.isfile():
-                    f = tar.extractfile(member)
-                    yield member, f.read() if f else b""
+        yield from tars.iter_files(path)
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise MirrorError(f"{path.name} is not a readable tar.gz ({exc}); fetch it again") from None
 
@@ -103,21 +103,113 @@ def read_pack(path: Path) -> Iterator[tuple[str, bytes]]:
 
 
 def stage(root: Path, staging: Path, per_shard: int) -> dict:
-    """Stream every tarball once into per-bucket pack files; returns the manifest (cached)."""
+    """The manifest of a complete staging of the mirror's tarballs, built when missing or stale.
+
+    The staging folder is locked while in use (`<staging>.lock`, flock): building takes it
+    exclusively, using takes it shared, and this process keeps its shared hold until it exits, so
+    no other ingest rebuilds the folder under its workers. A build is written under a temporary
+    name and renamed into place with its manifest (listing every pack file's size) already in it,
+    so an incomplete or damaged staging is never reused.
+    """
     tarballs = _tarballs(root)
     words = root / WORDS_TARBALL
     files = [p for _, p in tarballs["annotations"] + tarballs["images"]] + ([words] if words.is_file() else [])
-    signature = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files] + [per_shard]
-    manifest_path = staging / "manifest.json"
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        if manifest["signature"] == signature:
-            return manifest
-    if staging.exists() and any(staging.iterdir()) and not manifest_path.exists():
+    signature = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files] + [
+        per_shard, limits.current().max_member_bytes]
+    if staging.exists() and any(staging.iterdir()) and not (staging / "manifest.json").exists():
         raise MirrorError(f"staging folder {staging} exists and is not an ocrcat staging folder; "
                           "give an empty or new one with -o staging=DIR")
-    tmp = staging.with_name(staging.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    lock = _StagingLock(staging)
+    if not lock.try_exclusive():
+        # Someone else holds it: another ingest using it (shared) or building it (exclusive).
+        if not lock.try_shared():
+            print(f"pubtables: waiting for process {lock.holder()} to finish staging {staging} ...",
+                  file=sys.stderr, flush=True)
+            lock.shared()
+        manifest = _complete_manifest(staging, signature)
+        if manifest is not None:
+            return manifest
+        lock.unlock()  # missing (its builder died) or made from other tarballs: build it, if nobody uses it
+        if not lock.try_exclusive():
+            raise MirrorError(f"staging folder {staging} is in use by another ingest (process {lock.holder()}) "
+                              "and holds other tarballs than this mirror's; wait for that ingest to end, "
+                              "or give this one its own folder with -o staging=DIR")
+    manifest = _complete_manifest(staging, signature) or _build(tarballs, words, staging, signature, per_shard)
+    lock.shared()  # a downgrade: others may use it now, nobody may rebuild it while this process lives
+    return manifest
+
+
+class _StagingLock:
+    """flock on `<staging>.lock`; the file names the process that last took it exclusively."""
+
+    held: dict[str, "_StagingLock"] = {}  # kept until the process exits: the workers read the packs
+
+    def __init__(self, staging: Path):
+        self.path = staging.with_name(staging.name + ".lock")
+        previous = self.held.pop(str(self.path), None)
+        if previous is not None:
+            previous.release()  # this process staged it before: start over from no lock
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MirrorError(f"cannot create the staging lock {self.path} ({exc}); pass "
+                              "-o staging=DIR on a writable disk with room for the unpacked tarballs") from None
+        self.held[str(self.path)] = self
+
+    def _flock(self, how: int) -> bool:
+        try:
+            fcntl.flock(self.fd, how)
+            return True
+        except BlockingIOError:
+            return False
+
+    def try_exclusive(self) -> bool:
+        if not self._flock(fcntl.LOCK_EX | fcntl.LOCK_NB):
+            return False
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+        return True
+
+    def try_shared(self) -> bool:
+        return self._flock(fcntl.LOCK_SH | fcntl.LOCK_NB)
+
+    def shared(self) -> None:
+        self._flock(fcntl.LOCK_SH)
+
+    def unlock(self) -> None:
+        self._flock(fcntl.LOCK_UN)
+
+    def holder(self) -> str:
+        return os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+    def release(self) -> None:
+        os.close(self.fd)
+        self.held.pop(str(self.path), None)
+
+
+def _complete_manifest(staging: Path, signature: list) -> dict | None:
+    """The manifest of `staging` when it is complete, intact and made from these tarballs."""
+    try:
+        manifest = json.loads((staging / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("signature") != signature or not isinstance(manifest.get("packs"), dict):
+        return None
+    for name, size in manifest["packs"].items():
+        try:
+            if (staging / name).stat().st_size != size:
+                return None
+        except OSError:
+            return None
+    return manifest
+
+
+def _build(tarballs: dict, words: Path, staging: Path, signature: list, per_shard: int) -> dict:
+    """Stream every tarball once into per-bucket pack files, under a temporary name; then rename."""
+    for old in staging.parent.glob(f"{staging.name}.tmp-*"):  # left by a killed build (we hold the lock)
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = staging.with_name(f"{staging.name}.tmp-{os.getpid()}")
     try:
         tmp.mkdir(parents=True)
     except OSError as exc:
@@ -127,41 +219,60 @@ def stage(root: Path, staging: Path, per_shard: int) -> dict:
     total = sum(1 for _, p in tarballs["annotations"] for m, _ in _members(p) if _table_name(m.name, ".xml"))
     buckets = max(1, math.ceil(total / per_shard))
     counts: dict[str, dict[str, int]] = {}
+    refused: dict[str, str] = {}  # table -> why one of its members was not staged (over the member cap)
+
+    def add(pack: Path, name: str, data: bytes | CapExceeded) -> None:
+        if isinstance(data, CapExceeded):
+            refused[name] = str(data)
+        else:
+            _append(pack, name, data)
+
     for split, path in tarballs["annotations"]:
         counts[split] = {}
         for member, data in _members(path):
             name = _table_name(member.name, ".xml")
             if name:
                 b = _bucket(name, buckets)
-                _append(tmp / f"{split}-{b:05d}.xml.pack", name, data)
+                add(tmp / f"{split}-{b:05d}.xml.pack", name, data)
+                if isinstance(data, CapExceeded):  # still a record (its error row): an empty entry
+                    _append(tmp / f"{split}-{b:05d}.xml.pack", name, b"")
                 counts[split][str(b)] = counts[split].get(str(b), 0) + 1
     for split, path in tarballs["images"]:
         for member, data in _members(path):
             name = _table_name(member.name, ".jpg")
             if name:
-                _append(tmp / f"{split}-{_bucket(name, buckets):05d}.jpg.pack", name, data)
+                add(tmp / f"{split}-{_bucket(name, buckets):05d}.jpg.pack", name, data)
     if words.is_file():
         for member, data in _members(words):
             name = _table_name(member.name, "_words.json")
             if name:
-                _append(tmp / f"{_bucket(name, buckets):05d}.words.pack", name, data)
-    manifest = {"signature": signature, "buckets": buckets, "counts": counts, "words": words.is_file()}
-    (tmp / "manifest.json").write_text(json.dumps(manifest))
+                add(tmp / f"{_bucket(name, buckets):05d}.words.pack", name, data)
+    packs = {p.name: p.stat().st_size for p in tmp.iterdir()}
+    manifest = {"signature": signature, "buckets": buckets, "counts": counts, "words": words.is_file(),
+                "packs": packs, "refused": refused}
+    (tmp / "manifest.json").write_text(json.dumps(manifest))  # written last: its presence means complete
     shutil.rmtree(staging, ignore_errors=True)
     os.replace(tmp, staging)
     return manifest
 
 
 def _staging_dir(root: Path, options: dict) -> Path:
-    return Path(options.get("staging") or root / ".ocrcat-staging")
+    """-o staging=DIR, else `<catalog>/staging/pubtables` (mirrors may be read-only or shared)."""
+    if options.get("staging"):
+        return Path(options["staging"])
+    if options.get("_catalog"):
+        return Path(options["_catalog"]) / "staging" / "pubtables"
+    return root / ".ocrcat-staging"  # called outside an ingest (no catalog)
 
 
 def plan(root: Path, split: str, options: dict) -> list[Shard]:
     staging = _staging_dir(root, options)
     manifest = stage(root, staging, max(1, int(options.get("tables_per_shard", 256))))
     counts = manifest["counts"].get(split, {})
+    refused = manifest.get("refused", {})
     return [Shard(f"bucket-{int(b):05d}-of-{manifest['buckets']}", n,
-                  {"staging": str(staging), "split": split, "bucket": int(b), "words": manifest["words"]})
+                  {"staging": str(staging), "split": split, "bucket": int(b), "words": manifest["words"],
+                   "refused": {t: m for t, m in refused.items() if _bucket(t, manifest["buckets"]) == int(b)}})
             for b, n in sorted(counts.items(), key=lambda kv: int(kv[0]))]
 
 
@@ -173,6 +284,9 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
     words = {n: d for n, d in read_pack(staging / f"{tag}.words.pack") if n in wanted}
     images = {n: d for n, d in read_pack(staging / f"{p['split']}-{tag}.jpg.pack") if n in wanted}
     for name, xml_data in annotations:
+        if name in p.get("refused", {}):
+            yield Rejected(name, "read", p["refused"][name])
+            continue
         yield _table(name, xml_data, words.pop(name, None), images.pop(name, None), p["words"])
 
 
@@ -183,7 +297,7 @@ def _table(name: str, xml_data: bytes, words_data: bytes | None, image: bytes | 
         where = WORDS_TARBALL if have_words else f"the mirror ({WORDS_TARBALL} is missing)"
         return Rejected(name, "read", f"no {name}_words.json in {where}")
     try:
-        words = json.loads(words_data)
+        words = loads_json(words_data)
         if not isinstance(words, list):
             raise ValueError("words JSON is not a list")
     except ValueError as exc:

@@ -13,6 +13,7 @@ path, or object storage once the catalog lives there).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -64,39 +65,60 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
-def run_on_ray(shards: list[Shard], process: Callable, args: tuple, address: str) -> Iterator:
-    """`process(shard, *args)` for every shard as a Ray task; results in completion order.
+class TaskLost(Exception):
+    """A Ray task that ended without a result of its own: its worker or node died (after Ray's
+    retries), it could not be scheduled, or the function failed outside `process`'s own handling."""
+
+
+def run_on_ray(shards: list[Shard], process: Callable, args: tuple,
+               address: str) -> Iterator[list[tuple[str, Callable[[], object]]]]:
+    """Run `process(shard, *args)` for every shard as a Ray task; yields, as tasks finish, batches of
+    `(shard key, get)` where `get()` returns the task's result or raises its exception.
 
     At most twice the cluster's CPUs are in flight, so a huge plan does not flood the object store.
-    A task's exception is raised here as itself (not Ray's wrapper), so the runner reports the
-    real cause and fails that shard as it does with local workers.
+    A task's own exception is raised by `get` as itself (not Ray's wrapper), so the runner reports
+    the real cause and fails that shard as it does with local workers; a lost task raises TaskLost.
+    Closing the generator (an early exit, a fault) cancels the tasks still running.
     """
     import ray
 
     connect(address)
-    remote = ray.remote(num_cpus=1)(process)
+    # Ray retries a task whose worker died (max_retries); an exception raised by `process` is final.
+    remote = ray.remote(num_cpus=1, max_retries=2)(process)
     in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
     queue = iter(shards)
     running: dict = {}
 
-    def submit() -> None:
-        shard = next(queue, None)
-        if shard is not None:
-            running[remote.remote(shard, *args)] = shard
+    def submit(n: int) -> None:
+        for shard in itertools.islice(queue, n):
+            running[remote.remote(shard, *args)] = shard.key
 
-    for _ in range(in_flight):
-        submit()
+    def getter(ref):
+        def get():
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, Exception) and not isinstance(cause, ray.exceptions.RayError):
+                    if type(cause).__module__.startswith("ocrcat."):
+                        raise cause from None  # the shard's own fault (ShardFault): the runner words it
+                    raise TaskLost(f"the Ray task failed: {type(cause).__name__}: {cause}") from None
+                raise TaskLost(f"the Ray task failed: {str(exc).splitlines()[0]}") from None
+            except ray.exceptions.RayError as exc:  # worker or node died, object lost, cancelled
+                raise TaskLost(f"the Ray task was lost ({type(exc).__name__}: "
+                               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'})") from None
+        return get
+
+    submit(in_flight)
     try:
         while running:
-            (done,), _ = ray.wait(list(running), num_returns=1)
-            running.pop(done)
-            try:
-                result = ray.get(done)
-            except ray.exceptions.RayTaskError as exc:
-                cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-                raise cause from None
-            submit()
-            yield result
+            # Everything finished by now, so shards that finish together share one commit.
+            ready, _ = ray.wait(list(running), num_returns=1)
+            more, _ = ray.wait([r for r in running if r not in ready], num_returns=len(running) - 1, timeout=0) \
+                if len(running) > 1 else ([], None)
+            finished = [(running.pop(ref), getter(ref)) for ref in [*ready, *more]]
+            submit(len(finished))
+            yield finished
     finally:
         for ref in running:
             ray.cancel(ref, force=True)

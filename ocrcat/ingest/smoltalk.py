@@ -50,7 +50,7 @@ def plan(root: Path, split: str, options: dict) -> list[Shard]:
     if not (root / "data" / config).is_dir():
         raise MirrorError(f"no data/{config}/ folder in the smoltalk mirror at {root}; fetch that config, "
                           "or for smol-smoltalk copy HuggingFaceTB/smol-smoltalk's data/*.parquet there")
-    return plan_split(root, f"data/{config}/{split}-*.parquet")
+    return plan_split(root, f"data/{config}/{split}-*.parquet", FEATURES)
 
 
 def check_roles(messages: object) -> str | None:

@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterator, NamedTuple
 
+from ocrcat.ingest import limits
 from ocrcat.ingest.base import MirrorError
 
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")
@@ -228,6 +229,7 @@ def read_member(f: io.RawIOBase, loc: MemberLocation, name: str | None = None) -
     With `name`, the local header must carry that name: locations recorded at planning time
     then cannot silently point at another member of an archive replaced since.
     """
+    limits.check_member_size(name or f"at byte {loc.offset}", max(loc.size, loc.compressed))
     f.seek(loc.offset)
     header = f.read(_LOCAL_HEADER.size)
     if len(header) < _LOCAL_HEADER.size or header[:4] != b"PK\x03\x04":

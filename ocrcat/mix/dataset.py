@@ -84,15 +84,22 @@ class MixtureDataset(torch.utils.data.Dataset):
         """A Dataset over `sql` (a query over `samples`), materialised once to a Parquet cache.
 
         Rows keep the query's order (add ORDER BY for an order that never changes). The cache is
-        keyed by the catalog, its file state and the query, so a changed catalog is read afresh.
+        keyed by the catalog, its snapshot and the query, so a changed catalog is read afresh.
         """
         cache_dir = Path(cache_dir or catalog.dir / "cache" / "queries")
-        db = catalog.db_path.stat()
-        key = hashlib.sha256(f"{catalog.dir.resolve()}\x1f{db.st_mtime_ns}\x1f{db.st_size}\x1f{sql}".encode())
-        path = cache_dir / f"query-{key.hexdigest()[:16]}.parquet"
-        if not path.exists():
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            _materialise(catalog, sql, path)
+        # A cursor (the catalog may hold a pending result) in one transaction: the snapshot named in
+        # the key is the one read, even while an ingest commits.
+        con = catalog.cursor()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            snapshot = con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0]
+            key = hashlib.sha256(f"{catalog.dir.resolve()}\x1f{snapshot}\x1f{sql}".encode())
+            path = cache_dir / f"query-{key.hexdigest()[:16]}.parquet"
+            if not path.exists():
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                _materialise(con, catalog.dir, sql, path)
+        finally:
+            con.close()
         kwargs.setdefault("vision_mode", catalog.vision_mode)
         return cls(path, **kwargs)
 
@@ -225,17 +232,17 @@ def _image_root(manifest: dict, export_dir: Path) -> Path:
     return root if root.is_absolute() else export_dir / root
 
 
-def _materialise(catalog, sql: str, path: Path) -> None:
+def _materialise(con, catalog_dir: Path, sql: str, path: Path) -> None:
     """Stream the query's rows into a Parquet cache with absolute image paths; rename when complete."""
     tmp = path.with_suffix(".tmp")
-    base = str(catalog.dir.resolve()) + "/"
+    base = str(catalog_dir.resolve()) + "/"
     wrapped = f"""
         SELECT sample_id, source, split, kind, text, response, CAST(messages AS VARCHAR) AS messages,
                CASE WHEN image_path IS NULL THEN NULL ELSE ? || image_path END AS image_path,
                image_width, image_height, image_tokens, CAST(meta AS VARCHAR) AS meta
         FROM ({sql}) q"""
     try:
-        rel = catalog.con.cursor().sql(wrapped, params=[base])  # a cursor: the catalog may hold a pending result
+        rel = con.sql(wrapped, params=[base])
         # DuckDB 2 renamed fetch_arrow_reader to to_arrow_reader; the package allows both.
         reader = (getattr(rel, "to_arrow_reader", None) or rel.fetch_arrow_reader)(CACHE_ROW_GROUP)
     except Exception as exc:

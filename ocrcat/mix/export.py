@@ -4,7 +4,8 @@ Files in the output folder:
 - `<name>.<split or all>.parquet` (row groups of ROW_GROUP rows, so that reading one position
   decodes at most that many rows) or `.jsonl` (the data plan's index format: "text", "response",
   "image_path" first, then the other columns);
-- `manifest.json`: the definition, seed, vision mode, catalog and its state, row counts, files.
+- `manifest.json`: the definition, seed, vision mode, catalog and its state (the lake snapshot read:
+  `ocrcat export NAME --at SNAPSHOT` writes the same bytes again later), row counts, files.
 
 Data files are written by pyarrow / json from an ordered stream with fixed row-group boundaries,
 so the same plan exported twice gives byte-identical files. Each file appears under its final
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ocrcat.catalog import Catalog
+from ocrcat.catalog.snapshots import stable_snapshot
 from ocrcat.mix.mixtures import PLAN_ORDER, MixtureError, check_split, entries_sql, get_mixture
 
 ROW_GROUP = 1024
@@ -88,6 +90,7 @@ def export_mixture(
     split: str | None = None,
     relative_paths: bool = False,
     memory_limit: str | None = "1GB",
+    require_images: bool = False,
 ) -> dict:
     """Write the plan of mixture `name` (restricted to `split` if given) to `out`; returns the manifest.
 
@@ -95,7 +98,20 @@ def export_mixture(
 
     `memory_limit` caps DuckDB while it sorts the joined rows into plan order (it spills to disk
     beyond it) and is restored afterwards; without a cap DuckDB may take most of the machine's RAM.
+    Image files of the plan that are missing are counted and listed in the manifest (the CLI
+    warns: a training job would fail on them hours later); `require_images` refuses such a plan.
     """
+    # Everything is read in one transaction, so from one snapshot, whatever commits meanwhile;
+    # the manifest names it, and `Catalog(at=snapshot)` reads the very same state later.
+    catalog.con.execute("BEGIN TRANSACTION")
+    try:
+        return _export(catalog, name, out, format, split, relative_paths, memory_limit, require_images)
+    finally:
+        catalog.con.execute("ROLLBACK")
+
+
+def _export(catalog: Catalog, name: str, out, format: str, split: str | None, relative_paths: bool,
+            memory_limit: str | None, require_images: bool) -> dict:
     if format not in FORMATS:
         raise MixtureError(f"unknown export format {format!r}; use parquet or jsonl")
     definition = get_mixture(catalog, name)
@@ -107,6 +123,11 @@ def export_mixture(
     data = out / f"{name}.{split or 'all'}.{format}"
     tmp = data.with_name(f".{data.name}.tmp")
     check_split(catalog, definition, split)
+    missing = missing_images(catalog, definition, split)
+    if missing["count"] and require_images:
+        raise MixtureError(
+            f"{missing['count']} image files of this plan are missing from {root} (first: {missing['first'][0]}); "
+            "nothing was written; run ocrcat validate to see which rows, and re-ingest their sources")
     if memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit):
         raise MixtureError(f"memory limit {memory_limit!r} is not a size like 1GB or 512MiB")
     con = catalog.con
@@ -131,11 +152,14 @@ def export_mixture(
         "vision_mode": catalog.vision_mode,
         "catalog": str(root),
         "catalog_state": catalog_state(catalog),
+        "snapshot": stable_snapshot(catalog),
         "image_root": str(root),
         "relative_paths": relative_paths,
         "format": format,
         "columns": SCHEMA.names,
         "row_group_size": ROW_GROUP if format == "parquet" else None,
+        "missing_images": missing["first"],
+        "missing_images_count": missing["count"],
     }
     manifest["exports"] = _earlier_exports(out / "manifest.json", manifest) | {entry["split"]: entry}
     exports = [manifest["exports"][k] for k in sorted(manifest["exports"])]
@@ -149,6 +173,24 @@ def export_mixture(
     return manifest
 
 
+def missing_images(catalog: Catalog, definition: dict, split: str | None = None) -> dict:
+    """How many of the plan's distinct image files are not on disk, and the first 100 of them.
+
+    DuckDB lists the image store (glob, in C++) and anti-joins it with the plan's paths: no
+    Python stat per image, so millions of rows cost a directory listing.
+    """
+    root = catalog.dir.resolve().as_posix()
+    count, first = catalog.con.execute(
+        f"""WITH paths AS (SELECT DISTINCT s.image_path AS path FROM ({entries_sql(definition, split)}) e
+                           JOIN samples s USING (sample_id) WHERE s.image_path IS NOT NULL),
+                 disk AS (SELECT file FROM glob(? || '/images/*/*/*'))
+            SELECT count(*), list(path ORDER BY path)[1:100] FROM paths
+            WHERE ? || '/' || path NOT IN (SELECT file FROM disk)""",
+        [root, root],
+    ).fetchone()
+    return {"count": count, "first": first or []}
+
+
 def _earlier_exports(path: Path, manifest: dict) -> dict:
     """Other splits exported into the same folder from the same definition and catalog state:
     kept in the manifest, so that train and val can live side by side. Anything else is dropped."""
@@ -156,7 +198,7 @@ def _earlier_exports(path: Path, manifest: dict) -> dict:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    same = ("mixture", "vision_mode", "catalog", "catalog_state", "relative_paths", "format", "columns")
+    same = ("mixture", "vision_mode", "catalog", "catalog_state", "snapshot", "relative_paths", "format", "columns")
     if any(old.get(k) != manifest[k] for k in same) or not isinstance(old.get("exports"), dict):
         return {}
     return {k: e for k, e in old["exports"].items() if (path.parent / e.get("file", "")).is_file()}

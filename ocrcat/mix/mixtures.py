@@ -275,11 +275,10 @@ def _exists(catalog: Catalog, name: str) -> bool:
 
 
 def _store(catalog: Catalog, definitions: list[dict], replace: bool) -> None:
-    """Write definitions and their views in one transaction: all of them or none."""
+    """Write definitions and their views in one commit (one snapshot): all of them or none."""
     _writable(catalog)
-    con = catalog.con
-    con.execute("BEGIN TRANSACTION")
-    try:
+
+    def write(con):
         for d in definitions:
             if _exists(catalog, d["name"]):
                 if not replace:
@@ -289,14 +288,14 @@ def _store(catalog: Catalog, definitions: list[dict], replace: bool) -> None:
                 con.execute("DELETE FROM mixtures WHERE name = ?", [d["name"]])
             con.execute("INSERT INTO mixtures VALUES (?, ?, ?, ?, now())",
                         [d["name"], d["seed"], d["text_share"], d["text_predicate"]])
-            for i, c in enumerate(d["components"]):
-                con.execute("INSERT INTO mixture_components VALUES (?, ?, ?, ?, ?)",
-                            [d["name"], i, c["name"], c["predicate"], c["weight"]])
+            con.executemany("INSERT INTO mixture_components VALUES (?, ?, ?, ?, ?)",
+                            [[d["name"], i, c["name"], c["predicate"], c["weight"]]
+                             for i, c in enumerate(d["components"])])
             con.execute(_view_sql(d))
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+
+    names = ", ".join(d["name"] for d in definitions)
+    catalog.commit(write, f"mixture {names}: {'replace' if replace else 'create'}", kind="mixture",
+                   mixtures=[d["name"] for d in definitions])
 
 
 def create_mixture(catalog: Catalog, name: str, components, text_share: float = 0.0, seed: int = 0,
@@ -366,16 +365,13 @@ def drop_mixture(catalog: Catalog, name: str) -> None:
     """Remove a mixture's definition and its view."""
     _writable(catalog)
     get_mixture(catalog, name)
-    con = catalog.con
-    con.execute("BEGIN TRANSACTION")
-    try:
+
+    def drop(con):
         con.execute(f"DROP VIEW IF EXISTS {view_name(name)}")
         con.execute("DELETE FROM mixture_components WHERE mixture = ?", [name])
         con.execute("DELETE FROM mixtures WHERE name = ?", [name])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+
+    catalog.commit(drop, f"mixture {name}: drop", kind="mixture", mixtures=[name])
 
 
 def get_mixture(catalog: Catalog, name: str) -> dict:

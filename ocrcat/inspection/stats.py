@@ -64,7 +64,7 @@ def source_stats(catalog: Catalog, sources: list[str] | None = None, tokenizer=N
     also the token counts of the prompt (its `<image>` placeholders removed: those are counted by
     image_tokens) and of the response, and the total tokens a pass over the group costs.
     """
-    con = catalog.con.cursor()  # its own connection: the table it registers stays private to this call
+    con = catalog.cursor()  # its own connection: the table it registers stays private to this call
     if sources:
         present = {s for (s,) in con.execute("SELECT DISTINCT source FROM samples").fetchall()}
         if set(sources) - present:
@@ -114,6 +114,7 @@ def _token_counts(con, sources: list[str] | None, tokenizer):
 
     ids, text_tokens, response_tokens = [], [], []
     cursor = con.cursor()
+    cursor.execute("USE lake")  # a cursor starts in DuckDB's in-memory database, not the catalog
     try:
         cursor.execute(
             "SELECT sample_id, replace(text, '<image>', ''), response FROM samples "

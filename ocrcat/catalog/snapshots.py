@@ -1,0 +1,201 @@
+"""Snapshots of the lake: history, rollback, compaction, and which images a kept snapshot needs.
+
+Every commit is a snapshot (DuckLake numbers them 0, 1, 2, …) carrying a message and, in its extra
+info, what kind of commit it was: `shard` (rows of one shard of a running ingest), `run-start`,
+`run-end`, `mixture`, `rollback`, `compact`, `migrate`. Shard snapshots are scaffolding: once their
+run has ended, `compact` expires them, so `history` lists the states a user can name.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+
+from ocrcat.catalog.schema import TABLES
+from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError
+
+METADATA = f"__ducklake_metadata_{LAKE}"  # DuckLake's own tables, in catalog.sqlite
+
+
+def history(catalog: Catalog, *, shards: bool = False, limit: int | None = None) -> list[dict]:
+    """Snapshots, newest first: id, time (UTC), message, what changed, the commit's extra facts.
+    Shard commits of ingests are left out unless `shards`."""
+    rows = catalog.con.execute(
+        f"""SELECT snapshot_id, strftime(snapshot_time AT TIME ZONE 'UTC', '%Y-%m-%d %H:%M:%S'),
+                   coalesce(commit_message, ''), CAST(changes AS VARCHAR), coalesce(commit_extra_info, '{{}}')
+            FROM {LAKE}.snapshots() ORDER BY snapshot_id DESC"""
+    ).fetchall()
+    out = []
+    for snapshot, time, message, changes, extra in rows:
+        try:
+            facts = json.loads(extra)
+        except ValueError:
+            facts = {}
+        if not shards and facts.get("kind") == "shard":
+            continue
+        out.append({"snapshot": snapshot, "time": time, "message": message or _describe(changes),
+                    "changes": changes, "kind": facts.get("kind", "")} | {"extra": facts})
+        if limit is not None and len(out) >= limit:
+            break
+    return out
+
+
+def stable_snapshot(catalog: Catalog) -> int:
+    """The newest snapshot at or before the one read now that is not a shard commit. Shard commits
+    change only the pending rows of running ingests, so `samples` and the mixtures read the same
+    there; and unlike a shard snapshot it is never expired by `compact`: the id to record."""
+    return catalog.con.execute(
+        f"""SELECT max(snapshot_id) FROM {LAKE}.snapshots()
+            WHERE snapshot_id <= ? AND coalesce(json_extract_string(commit_extra_info, '$.kind'), '') <> 'shard'""",
+        [catalog.snapshot()]).fetchone()[0]
+
+
+def _describe(changes: str) -> str:
+    """A message for commits that did not set one (schema creation, `ocrcat sql --write`)."""
+    return changes.strip("{}") or "(no change recorded)"
+
+
+def _check_snapshot(catalog: Catalog, snapshot: int) -> None:
+    known = catalog.con.execute(f"SELECT count(*) FROM {LAKE}.snapshots() WHERE snapshot_id = ?",
+                                [snapshot]).fetchone()[0]
+    if not known:
+        raise CatalogError(f"catalog {catalog.dir} has no snapshot {snapshot} (expired by compact, or never made); "
+                           "list them with `ocrcat history`")
+
+
+def running_ingests(catalog: Catalog) -> list[str]:
+    """Source/split pairs whose ingest lock is held by a live process right now."""
+    held = []
+    for path in sorted((catalog.dir / "locks").glob("ingest-*.lock")):
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            except BlockingIOError:
+                held.append(path.stem.removeprefix("ingest-"))
+    return held
+
+
+def rollback(catalog: Catalog, snapshot: int) -> int:
+    """Make the catalog's current state equal to `snapshot` again, as one new snapshot (so a
+    rollback can itself be rolled back). Rows, runs, errors, resume marks, mixtures and views all
+    return; image files were never deleted while a kept snapshot needed them. Returns the
+    snapshot the rollback made."""
+    _check_snapshot(catalog, snapshot)
+    if snapshot >= catalog.snapshot():
+        raise CatalogError(f"snapshot {snapshot} is the current state or newer; nothing to roll back")
+    busy = running_ingests(catalog)
+    if busy:
+        raise CatalogBusy(f"ingests are running ({', '.join(busy)}); roll back when they have ended")
+
+    def restore(con):
+        for table in TABLES:
+            if table in ("samples", "samples_pending"):
+                # Only the difference moves: a sample's row is fixed by (sample_id, ingest_run).
+                then = f"(SELECT * FROM {table} AT (VERSION => {int(snapshot)}))"
+                con.execute(f"""DELETE FROM {table} s WHERE NOT EXISTS (
+                    SELECT 1 FROM {then} o WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run)""")
+                con.execute(f"""INSERT INTO {table} SELECT o.* FROM {then} o
+                    WHERE NOT EXISTS (SELECT 1 FROM {table} s
+                                      WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run)""")
+            else:
+                con.execute(f"DELETE FROM {table}")
+                con.execute(f"INSERT INTO {table} SELECT * FROM {table} AT (VERSION => {int(snapshot)})")
+        _restore_views(con, snapshot)
+        return catalog.next_snapshot()
+
+    return catalog.commit(restore, f"rollback to snapshot {snapshot}", kind="rollback", to=snapshot)
+
+
+def _restore_views(con, snapshot: int) -> None:
+    """Views as they were at `snapshot` (DuckLake keeps every view's SQL with its life span)."""
+    then = dict(con.execute(
+        f"""SELECT view_name, sql FROM {METADATA}.ducklake_view
+            WHERE begin_snapshot <= ? AND (end_snapshot IS NULL OR end_snapshot > ?)""",
+        [snapshot, snapshot]).fetchall())
+    now = dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE database_name = ? AND NOT internal",
+                           [LAKE]).fetchall())
+    for name in now:
+        if name not in then:
+            con.execute(f'DROP VIEW "{name}"')
+    for name, sql in then.items():
+        if name not in now or _view_body(now[name]) != _view_body(sql):
+            con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {sql}')
+
+
+def _view_body(sql: str) -> str:
+    """duckdb_views() gives `CREATE VIEW name AS body;`, DuckLake stores the body: compare bodies."""
+    text = sql.strip().rstrip(";")
+    if text.upper().startswith("CREATE"):
+        text = text.split(" AS ", 1)[1] if " AS " in text else text
+    return " ".join(text.split())
+
+
+def referenced_images(catalog: Catalog, source: str | None = None) -> set[str]:
+    """Image paths that some kept (unexpired) snapshot's rows point to: every row of the oldest
+    kept snapshot, plus every row inserted since; and the pending rows of unfinished runs (a
+    resume needs them). A file outside this set can be swept."""
+    con = catalog.con
+    first, last = con.execute(f"SELECT min(snapshot_id), max(snapshot_id) FROM {LAKE}.snapshots()").fetchone()
+    where = "image_path IS NOT NULL" + (" AND source = ?" if source else "")
+    params = [source] if source else []
+    rows = con.execute(
+        f"""SELECT DISTINCT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples', ?, ?)
+            WHERE {where}
+            UNION SELECT DISTINCT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples_pending', ?, ?)
+            WHERE {where}
+            UNION SELECT DISTINCT image_path FROM samples WHERE {where}
+            UNION SELECT DISTINCT image_path FROM samples_pending WHERE {where}""",
+        [first, last] + params + [first, last] + params * 3,
+    ).fetchall()
+    return {path for (path,) in rows}
+
+
+def sweep_images(catalog: Catalog, source: str | None = None) -> int:
+    """Delete image files (of `source`, or all) that no kept snapshot references, and leftovers.
+    Sources being ingested right now are left alone: their new files have no committed row yet."""
+    root = catalog.dir / "images"
+    sources = [source] if source else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    busy = {pair.split("-", 1)[0] for pair in running_ingests(catalog)}
+    sources = [s for s in sources if s not in busy]
+    if not sources:
+        return 0
+    keep = referenced_images(catalog, source)
+    return sum(catalog.images.sweep(s, keep) for s in sources)
+
+
+def compact(catalog: Catalog, *, older_than_snapshot: int | None = None) -> dict:
+    """Small-file hygiene: expire the shard snapshots of ended runs (and, if asked, every snapshot
+    older than `older_than_snapshot`), merge small Parquet files, flush rows DuckLake kept inline
+    in the metadata, delete files no kept snapshot needs, and sweep unreferenced images.
+
+    Runs while holding the commit lock: no ocrcat writer has files in flight meanwhile, so
+    deleting unreferenced files cannot touch a commit being prepared."""
+    catalog._writable()
+    con = catalog.con
+    files_before = _file_count(catalog)
+    with catalog.commit_lock():
+        ended = {run for (run,) in con.execute("SELECT run_id FROM ingest_runs WHERE status <> 'running'").fetchall()}
+        expire = []
+        for snap in history(catalog, shards=True):
+            if snap["snapshot"] == catalog.snapshot():
+                continue  # the current state is never expired
+            if snap["kind"] == "shard" and snap["extra"].get("run_id") in ended:
+                expire.append(snap["snapshot"])
+            elif older_than_snapshot is not None and snap["snapshot"] < older_than_snapshot:
+                expire.append(snap["snapshot"])
+        for function in ("ducklake_flush_inlined_data", "ducklake_merge_adjacent_files"):
+            # fetchall: DuckDB runs a SELECT as its rows are fetched; unfetched, the call does nothing
+            catalog.commit(lambda con: con.execute(f"SELECT count(*) FROM {function}('{LAKE}')").fetchall(),
+                           "compact", locked=True, kind="compact")
+        if expire:
+            con.execute(f"SELECT count(*) FROM ducklake_expire_snapshots('{LAKE}', versions => ?)", [expire]).fetchall()
+        con.execute(f"SELECT count(*) FROM ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)").fetchall()
+        con.execute(f"SELECT count(*) FROM ducklake_delete_orphaned_files('{LAKE}', cleanup_all => true)").fetchall()
+        swept = sweep_images(catalog)
+    return {"expired_snapshots": len(expire), "data_files_before": files_before,
+            "data_files_after": _file_count(catalog), "images_swept": swept}
+
+
+def _file_count(catalog: Catalog) -> int:
+    return sum(1 for p in catalog.data_path.rglob("*.parquet")) if catalog.data_path.is_dir() else 0

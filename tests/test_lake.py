@@ -1,0 +1,298 @@
+"""The catalog as a DuckLake lake: readers during an ingest, concurrent writers, snapshots
+(export --at, rollback, history), compaction, migration from catalog.duckdb, kill -9 mid-commit."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+
+from ocrcat.catalog import Catalog, extensions
+from ocrcat.catalog.snapshots import compact, history, rollback
+from ocrcat.ingest.runner import ingest
+from ocrcat.mix.export import export_mixture
+from ocrcat.mix.mixtures import create_mixture
+
+OCRCAT = [sys.executable, "-m", "ocrcat.cli"]
+
+
+def rows_of(catalog_dir: Path, table: str = "samples", exclude: str = "ingest_run") -> list[tuple]:
+    with Catalog(catalog_dir, read_only=True) as cat:
+        order = "sample_id" if table == "samples" else "ALL"
+        return cat.con.execute(f"SELECT * EXCLUDE ({exclude}) FROM {table} ORDER BY {order}").fetchall()
+
+
+def image_files(catalog_dir: Path) -> set[str]:
+    return {p.relative_to(catalog_dir).as_posix() for p in (catalog_dir / "images").rglob("*") if p.is_file()}
+
+
+READER = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    from ocrcat.catalog import Catalog, extensions
+    seen, latencies = [], []
+    while not Path(sys.argv[2]).exists():
+        t = time.perf_counter()
+        try:
+            with Catalog(sys.argv[1], read_only=True) as cat:
+                seen.append(cat.con.execute("SELECT count(*) FROM samples").fetchone()[0])
+        except Exception as exc:  # no catalog yet
+            seen.append(type(exc).__name__ + ": " + str(exc).splitlines()[0])
+        latencies.append(time.perf_counter() - t)
+        time.sleep(0.02)
+    Path(sys.argv[3]).write_text(json.dumps({"seen": seen, "latencies": latencies}))
+    """
+)
+
+
+def test_reader_polling_during_an_ingest_sees_only_whole_shards(sample_mirror_factory, tmp_path):
+    root = sample_mirror_factory("chartqa", rows=300)  # 240 train rows in 3 row groups = 3 shards
+    catalog_dir, stop, out = tmp_path / "catalog", tmp_path / "stop", tmp_path / "seen.json"
+    with Catalog(catalog_dir):
+        pass  # the reader starts on an empty lake
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(catalog_dir), str(stop), str(out)])
+    try:
+        done = subprocess.run(OCRCAT + ["ingest", "chartqa", "--mirror", str(root), "--catalog", str(catalog_dir)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    finally:
+        stop.touch()
+        assert reader.wait(timeout=120) == 0
+    result = json.loads(out.read_text())
+    seen = result["seen"]
+    assert all(isinstance(n, int) for n in seen), [n for n in seen if not isinstance(n, int)][:3]
+    with Catalog(catalog_dir, read_only=True) as cat:
+        shard_rows = [n for (n,) in cat.con.execute("SELECT rows FROM ingest_shards").fetchall()]
+        total = cat.con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    assert len(shard_rows) >= 5 and total == 300
+    whole = {sum(c) for k in range(len(shard_rows) + 1) for c in itertools.combinations(shard_rows, k)}
+    assert set(seen) <= whole  # never a part of a shard
+    assert seen == sorted(seen)  # and never going back
+    assert len(seen) >= 5 and max(result["latencies"]) < 30
+
+
+def test_two_concurrent_ingests_equal_sequential(sample_mirror_factory, tmp_path):
+    mirrors = {s: sample_mirror_factory(s, rows=120) for s in ("chartqa", "mathwriting")}
+    together = tmp_path / "together"
+    procs = [subprocess.Popen(OCRCAT + ["ingest", s, "--mirror", str(m), "--catalog", str(together)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for s, m in mirrors.items()]
+    for p in procs:
+        _, stderr = p.communicate(timeout=600)
+        assert p.returncode == 0, stderr
+    one_by_one = tmp_path / "sequential"
+    with Catalog(one_by_one) as cat:
+        for s, m in mirrors.items():
+            ingest(cat, s, mirror=m)
+    assert rows_of(together) == rows_of(one_by_one) and len(rows_of(together)) == 240
+    assert rows_of(together, "ingest_errors", "run_id") == rows_of(one_by_one, "ingest_errors", "run_id")
+    with Catalog(together, read_only=True) as cat:
+        runs = cat.con.execute("SELECT run_id, status FROM ingest_runs ORDER BY run_id").fetchall()
+    assert [r for r, _ in runs] == list(range(1, len(runs) + 1))  # unique run ids without a sequence
+    assert {s for _, s in runs} == {"completed"}
+    assert image_files(together) == image_files(one_by_one)
+
+
+def test_export_at_a_snapshot_is_byte_identical_after_later_ingests(sample_mirror_factory, tmp_path):
+    catalog_dir = tmp_path / "catalog"
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=sample_mirror_factory("chartqa"), limit=20)
+        create_mixture(cat, "charts", [("chartqa", "source <> 'smoltalk'", 1.5)], seed=3)
+        first = export_mixture(cat, "charts", tmp_path / "then")
+    snapshot = first["snapshot"]
+    with Catalog(catalog_dir) as cat:  # later: the split re-ingested whole, another source added
+        ingest(cat, "chartqa", mirror=sample_mirror_factory("chartqa"))
+        ingest(cat, "mathwriting", mirror=sample_mirror_factory("mathwriting"))
+        assert export_mixture(cat, "charts", tmp_path / "now")["rows"] != first["rows"]
+    again = subprocess.run(OCRCAT + ["export", "charts", "--out", str(tmp_path / "again"), "--at", str(snapshot),
+                                     "--catalog", str(catalog_dir)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    for name in ("charts.all.parquet", "manifest.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (tmp_path / "then" / name).read_bytes()
+    missing = subprocess.run(OCRCAT + ["export", "charts", "--out", str(tmp_path / "x"), "--at", "99999",
+                                       "--catalog", str(catalog_dir)], capture_output=True, text=True)
+    assert missing.returncode == 2 and "has no snapshot 99999" in missing.stderr
+
+
+def test_rollback_restores_rows_images_mixtures_and_can_be_undone(sample_mirror_factory, tmp_path):
+    catalog_dir = tmp_path / "catalog"
+    root = sample_mirror_factory("chartqa", rows=120)
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=60)
+        create_mixture(cat, "charts", [("chartqa", "source = 'chartqa'", 1)])
+        before = cat.snapshot()
+    rows_before, files_before = rows_of(catalog_dir), image_files(catalog_dir)
+    with Catalog(catalog_dir) as cat:  # an unwanted ingest: fewer rows, other images; a changed mixture
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=10)
+        create_mixture(cat, "charts", [("chartqa", "source = 'chartqa'", 2)], replace=True)
+        compact(cat)
+        after = cat.snapshot()
+        assert cat.con.execute("SELECT count(*) FROM samples").fetchone()[0] == 10
+    # Files the earlier snapshot needs survive the sweep, as long as that snapshot is kept.
+    assert files_before <= image_files(catalog_dir)
+    done = subprocess.run(OCRCAT + ["rollback", str(before), "--catalog", str(catalog_dir)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert rows_of(catalog_dir) == rows_before
+    with Catalog(catalog_dir, read_only=True) as cat:
+        assert cat.con.execute("SELECT count(*) FROM mix_charts").fetchone()[0] == 60  # weight 1 again
+        paths = {p for (p,) in cat.con.execute("SELECT image_path FROM samples").fetchall()}
+        made = cat.snapshot()
+    assert paths <= image_files(catalog_dir)
+    checked = subprocess.run(OCRCAT + ["validate", "--catalog", str(catalog_dir)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    with Catalog(catalog_dir) as cat:  # the rollback is a snapshot too: undo it
+        rollback(cat, after)
+        assert cat.con.execute("SELECT count(*) FROM samples").fetchone()[0] == 10
+        assert cat.con.execute("SELECT count(*) FROM mix_charts").fetchone()[0] == 20
+        kinds = [h["kind"] for h in history(cat)]
+    assert made > after and kinds[:2] == ["rollback", "rollback"]
+    shown = subprocess.run(OCRCAT + ["history", "--json", "--catalog", str(catalog_dir)], capture_output=True, text=True)
+    assert shown.returncode == 0 and json.loads(shown.stdout)[0]["message"] == f"rollback to snapshot {after}"
+
+
+def test_migrate_a_catalog_duckdb_keeps_rows_images_and_views(sample_mirror_factory, tmp_path):
+    lake = tmp_path / "lake"
+    with Catalog(lake) as cat:
+        for source in ("chartqa", "smoltalk"):
+            ingest(cat, source, mirror=sample_mirror_factory(source))
+        create_mixture(cat, "mix", [("charts", "source = 'chartqa'", 0.5)], text_share=0.2, seed=5)
+        view_sql = cat.con.execute("SELECT sql FROM duckdb_views() WHERE view_name = 'mix_mix'").fetchone()[0]
+        tables = [t for (t,) in cat.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = 'lake'").fetchall()]
+    # A first-version catalog: the same tables in one DuckDB file (run ids from a sequence), same images.
+    old = tmp_path / "old"
+    shutil.copytree(lake / "images", old / "images")
+    with Catalog(lake, read_only=True) as cat:
+        cat.con.execute(f"ATTACH '{old / 'catalog.duckdb'}' AS legacy")
+        for table in tables:
+            exclude = " EXCLUDE (snapshot)" if table == "ingest_runs" else ""
+            cat.con.execute(f"CREATE TABLE legacy.{table} AS SELECT *{exclude} FROM lake.{table}")
+        cat.con.execute("USE legacy")
+        cat.con.execute(view_sql)
+    refused = subprocess.run(OCRCAT + ["stats", "--catalog", str(old)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "ocrcat migrate" in refused.stderr
+    done = subprocess.run(OCRCAT + ["migrate", "--catalog", str(old)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not (old / "catalog.duckdb").exists() and (old / "catalog.duckdb.migrated").exists()
+    with Catalog(lake, read_only=True) as a, Catalog(old, read_only=True) as b:
+        for table in ("samples", "ingest_errors", "ingest_shards", "mixtures", "mixture_components", "catalog_info"):
+            query = f"SELECT * FROM {table} ORDER BY ALL"
+            assert a.con.execute(query).fetchall() == b.con.execute(query).fetchall(), table
+        query = "SELECT * FROM mix_mix ORDER BY position"
+        assert a.con.execute(query).fetchall() == b.con.execute(query).fetchall() != []
+    assert image_files(old) == image_files(lake)
+    checked = subprocess.run(OCRCAT + ["validate", "--catalog", str(old)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    again = subprocess.run(OCRCAT + ["migrate", "--catalog", str(old)], capture_output=True, text=True)
+    assert again.returncode == 2 and "nothing to migrate" in again.stderr
+
+
+MID_COMMIT_KILLER = textwrap.dedent(
+    """
+    import os, signal, sys
+    from ocrcat.catalog import Catalog, extensions
+    from ocrcat.ingest.runner import ingest
+
+    real_commit = Catalog.commit
+    shards = 0
+    def commit(self, work, message, **extra):
+        global shards
+        if extra.get("kind") == "shard":
+            shards += 1
+            if shards == 2:  # the second shard's rows are written to Parquet, then the process dies
+                def dying(con):
+                    work(con)
+                    os.kill(os.getpid(), signal.SIGKILL)
+                return real_commit(self, dying, message, **extra)
+        return real_commit(self, work, message, **extra)
+    Catalog.commit = commit
+    with Catalog(sys.argv[1]) as cat:
+        ingest(cat, "chartqa", mirror=sys.argv[2])
+    """
+)
+
+
+def test_kill_9_mid_commit_then_rerun_equals_uninterrupted(sample_mirror_factory, tmp_path):
+    root = sample_mirror_factory("chartqa", rows=300)
+    killed = subprocess.run([sys.executable, "-c", MID_COMMIT_KILLER, str(tmp_path / "killed"), str(root)])
+    assert killed.returncode == -9
+    rerun = subprocess.run(OCRCAT + ["ingest", "chartqa", "--mirror", str(root), "--catalog", str(tmp_path / "killed")],
+                           capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    with Catalog(tmp_path / "clean") as cat:
+        ingest(cat, "chartqa", mirror=root)
+    assert rows_of(tmp_path / "killed") == rows_of(tmp_path / "clean") and len(rows_of(tmp_path / "clean")) == 300
+    # No Parquet file of the dead commit is left: every data file is one a kept snapshot references.
+    with Catalog(tmp_path / "killed", read_only=True) as cat:
+        known = {Path(p).name for (p,) in cat.con.execute(
+            "SELECT path FROM __ducklake_metadata_lake.ducklake_data_file UNION ALL "
+            "SELECT path FROM __ducklake_metadata_lake.ducklake_delete_file").fetchall()}
+    on_disk = {p.name for p in (tmp_path / "killed" / "lake").rglob("*.parquet")}
+    assert on_disk and on_disk <= known
+
+
+def test_extensions_load_offline_from_the_packages(tmp_path):
+    """No network here: the catalog opens from the PyPI packages' binaries, with no waiting."""
+    started = time.perf_counter()
+    with Catalog(tmp_path / "c") as cat:
+        loaded = dict(cat.con.execute("SELECT extension_name, install_path FROM duckdb_extensions() "
+                                      "WHERE loaded AND extension_name IN ('ducklake', 'sqlite_scanner')").fetchall())
+    assert set(loaded) == {"ducklake", "sqlite_scanner"}
+    assert time.perf_counter() - started < 20
+    # sqlite's package file is named sqlite.duckdb_extension; LOAD by path needs sqlite_scanner: a link.
+    link = extensions._packaged("sqlite")
+    assert link.name == "sqlite_scanner.duckdb_extension"
+    assert link.resolve().parts[-4:] == ("duckdb_extension_sqlite", "extensions", f"v{duckdb.__version__}",
+                                         "sqlite.duckdb_extension")
+
+
+def test_read_only_sql_reads_the_lake_files_and_changes_none(sample_mirror_factory, tmp_path):
+    """The sandbox of `ocrcat sql` lets DuckLake read exactly the snapshot's Parquet files; DuckLake's
+    maintenance functions (SELECTs that would write or delete data files) and writes are refused,
+    and no file under the catalog changes."""
+    catalog_dir = tmp_path / "catalog"
+    root = sample_mirror_factory("chartqa", rows=120)
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=40)
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=30)  # old files stay for snapshots
+        for i in range(2):  # two small files of one table: work for a merge
+            cat.commit(lambda con: con.execute("INSERT INTO mixture_components SELECT 'm', i, 'c' || i, 'true', 1 "
+                                               "FROM range(20) t(i)"), "small files")
+        snapshots = cat.con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0]
+    common = ["--catalog", str(catalog_dir)]
+
+    def tree() -> dict[str, int]:
+        return {p.relative_to(catalog_dir).as_posix(): p.stat().st_mtime_ns for p in catalog_dir.rglob("*")
+                if p.is_file() and p.suffix != ".lock" and "-wal" not in p.name and "-shm" not in p.name}
+
+    before = tree()
+    assert any(name.startswith("lake/") and name.endswith(".parquet") for name in before)
+    counted = subprocess.run(OCRCAT + ["sql", "SELECT count(*) AS n FROM samples", "--json"] + common,
+                             capture_output=True, text=True)
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout) == [{"n": 30}]
+    for statement in ("SELECT * FROM ducklake_merge_adjacent_files('lake')",
+                      "SELECT * FROM ducklake_cleanup_old_files('lake', cleanup_all => true)",
+                      "SELECT * FROM ducklake_delete_orphaned_files('lake', cleanup_all => true)",
+                      "SELECT * FROM ducklake_expire_snapshots('lake', versions => [1, 2, 3])",
+                      "SELECT * FROM samples AT (VERSION => 1)",
+                      f"COPY (SELECT 1) TO '{catalog_dir}/images/x.csv'",
+                      "DELETE FROM samples"):
+        done = subprocess.run(OCRCAT + ["sql", statement] + common, capture_output=True, text=True)
+        if "AT (VERSION" in statement:
+            assert done.returncode == 0, done.stderr  # time travel to an earlier snapshot only reads
+        elif statement.startswith(("COPY", "DELETE")) or "merge" in statement:  # the others find nothing to do
+            assert done.returncode == 2, (statement, done.stdout)
+        assert tree() == before, statement  # whatever the outcome: no file written, deleted or changed
+    with Catalog(catalog_dir, read_only=True) as cat:
+        assert cat.con.execute("SELECT count(*) FROM samples").fetchone()[0] == 30
+        assert cat.con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0] == snapshots
