@@ -3,20 +3,31 @@ the catalog the local process pool gives."""
 
 from __future__ import annotations
 
+import io
 import os
+import random
+import signal
 import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from ocrcat.catalog import Catalog
+from ocrcat.ingest import chartqa
+from ocrcat.ingest.parquet import split_file_name, write_hub_parquet
 from ocrcat.ingest.runner import ingest
 
 RAY = os.environ.get("OCRCAT_TEST_RAY")
 pytestmark = pytest.mark.skipif(not RAY, reason="no Ray cluster: start one with scripts/services.sh start")
 
 OCRCAT = [sys.executable, "-m", "ocrcat.cli"]
+WORKTREE = Path(__file__).resolve().parents[1]
+TRAIN = f"data/{split_file_name('train')}"
 SOURCES = ["chartqa", "figureqa", "pubtables"]
 
 
@@ -65,3 +76,103 @@ def test_unreachable_cluster_is_a_clear_error(mirror, tmp_path):
     assert result.returncode != 0
     assert "cannot reach a Ray cluster at '127.0.0.1:1'" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr + result.stdout
+
+
+# --- SPEC §6 on Ray: a task's fault fails its shard loudly; a killed driver resumes.
+
+
+def write_chartqa(root: Path, n: int, group: int = 20) -> Path:
+    """A ChartQA mirror of `n` train rows with distinct noise images, `group` rows a row group (a shard)."""
+    def png(i: int) -> bytes:
+        buf = io.BytesIO()
+        Image.frombytes("RGB", (32, 32), random.Random(i).randbytes(32 * 32 * 3)).save(buf, "PNG")
+        return buf.getvalue()
+
+    rows = [{"image": png(i), "query": f"q{i}?", "label": [str(i)], "human_or_machine": i % 2} for i in range(n)]
+    write_hub_parquet(root / "chartqa" / TRAIN, rows, chartqa.FEATURES, row_group_size=group)
+    return root
+
+
+def table(catalog_dir: Path, sql: str) -> list[tuple]:
+    with Catalog(catalog_dir, read_only=True) as cat:
+        return cat.con.execute(sql).fetchall()
+
+
+def ray_ingest(mirror: Path, catalog_dir: Path, env: dict | None = None, **kw):
+    args = [*OCRCAT, "ingest", "chartqa", "--mirror", str(mirror), "--catalog", str(catalog_dir), "--ray", RAY]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, **kw)
+
+
+def test_a_failed_ray_task_fails_its_shard_loudly_and_the_rerun_resumes(tmp_path):
+    mirror, catalog_dir = write_chartqa(tmp_path / "m", 100), tmp_path / "catalog"
+    path = mirror / "chartqa" / TRAIN
+    good = path.read_bytes()
+    page = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset  # image bytes of shard g1
+    path.write_bytes(good[:page] + b"\xff" * 16 + good[page + 16:])
+
+    failed = ray_ingest(mirror, catalog_dir)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    message = " ".join(failed.stderr.split())
+    assert f"shard {TRAIN}:g1:0 ({path})" in message and "Deserializing page header failed" in message
+    assert "Traceback" not in failed.stderr
+    assert table(catalog_dir, "SELECT count(*) FROM samples") == [(0,)]  # a failed run changes no visible row
+    assert table(catalog_dir, "SELECT status FROM ingest_runs") == [("failed",)]
+    # Other shards may have finished on the other node before the fault: whole ones, never g1.
+    done = [k for (k,) in table(catalog_dir, "SELECT shard_key FROM ingest_shards")]
+    assert f"{TRAIN}:g1:0" not in done
+    assert table(catalog_dir, "SELECT count(*) FROM samples_pending") == [(20 * len(done),)]
+
+    path.write_bytes(good)
+    resumed = ray_ingest(mirror, catalog_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    assert table(catalog_dir, "SELECT resumed_from IS NOT NULL, status FROM ingest_runs ORDER BY run_id DESC "
+                              "LIMIT 1") == [(True, "completed")]
+    clean = tmp_path / "clean"
+    assert ray_ingest(mirror, clean).returncode == 0
+    assert snapshot(catalog_dir) == snapshot(clean) and len(snapshot(clean)[0]) == 100
+
+
+def test_kill_9_of_the_driver_mid_run_then_rerun_equals_uninterrupted(tmp_path):
+    mirror, catalog_dir = write_chartqa(tmp_path / "m", 400), tmp_path / "catalog"
+    # Slow image writes in the Ray workers (they import this sitecustomize through the PYTHONPATH the
+    # driver hands them), so the run spans several commits and can be killed between them.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent("""
+        import time
+        from ocrcat.catalog import images
+        _real = images.ImageStore._write
+        def _write(self, final, data):
+            time.sleep(0.05)
+            return _real(self, final, data)
+        images.ImageStore._write = _write
+    """))
+    env = {**os.environ, "PYTHONPATH": f"{hook}{os.pathsep}{WORKTREE}"}
+    args = [*OCRCAT, "ingest", "chartqa", "--mirror", str(mirror), "--catalog", str(catalog_dir), "--ray", RAY]
+    driver = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    committed, deadline = 0, time.monotonic() + 300
+    try:
+        while committed == 0 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            try:  # readers never wait on the lake: this polls while the driver commits
+                committed = table(catalog_dir, "SELECT count(*) FROM ingest_shards")[0][0]
+            except Exception:
+                pass  # the catalog is not created yet
+        assert driver.poll() is None, "the ingest ended before it could be killed: " + driver.stderr.read()
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+    assert driver.returncode == -9
+    shards = 400 // 20
+    assert 0 < table(catalog_dir, "SELECT count(*) FROM ingest_shards")[0][0] < shards
+    assert table(catalog_dir, "SELECT status FROM ingest_runs") == [("running",)]  # killed: nothing recorded it
+
+    rerun = ray_ingest(mirror, catalog_dir)
+    assert rerun.returncode == 0, rerun.stderr
+    assert table(catalog_dir, "SELECT resumed_from IS NOT NULL, status FROM ingest_runs ORDER BY run_id DESC "
+                              "LIMIT 1") == [(True, "completed")]
+    clean = tmp_path / "clean"
+    assert ray_ingest(mirror, clean).returncode == 0
+    assert snapshot(catalog_dir) == snapshot(clean)  # rows and image files: the killed run's leftovers swept
+    assert len(snapshot(clean)[0]) == 400
