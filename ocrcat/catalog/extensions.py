@@ -1,4 +1,5 @@
-"""DuckDB extensions the lake needs (`ducklake`, `sqlite`), loaded without waiting on a network.
+"""DuckDB extensions the lake needs (`ducklake`, `sqlite`; a shared catalog also `postgres` and
+`httpfs`), loaded without waiting on a network.
 
 Where the binaries come from, in order:
 1. the PyPI packages `duckdb-extension-<name>` (DuckDB's own signed binaries, pinned to the duckdb
@@ -25,14 +26,17 @@ import duckdb
 NEEDED = {
     "ducklake": ("duckdb_extension_ducklake", "ducklake"),
     "sqlite": ("duckdb_extension_sqlite", "sqlite_scanner"),
+    "postgres": ("duckdb_extension_postgres", "postgres_scanner"),  # shared catalogs: metadata in PostgreSQL
+    "httpfs": ("duckdb_extension_httpfs", "httpfs"),  # shared catalogs: data on S3-compatible storage
 }
+LOCAL = ("ducklake", "sqlite")
 
 
 class ExtensionError(RuntimeError):
     """An extension the catalog needs could not be loaded; the message says how to get it."""
 
 
-def load(con: duckdb.DuckDBPyConnection, names=tuple(NEEDED)) -> None:
+def load(con: duckdb.DuckDBPyConnection, names=LOCAL) -> None:
     """Load each extension of `names` into `con` (the packages first, then installed, then online)."""
     for name in names:
         if _loaded(con, NEEDED[name][1]):

@@ -12,6 +12,10 @@ every entropy-coded byte), other formats by a full decode.
 
 The sweep deletes only what ocrcat created: regular files at content-addressed paths, found
 without following symlinks, whose real location is inside the catalog.
+
+A shared catalog keeps the store on object storage (`ObjectImageStore`: the same keys under the
+catalog's data prefix, `s3://bucket/prefix/images/…`). An object appears only when its upload
+completes, so no temporary name is needed; an existing object is never rewritten.
 """
 
 from __future__ import annotations
@@ -187,13 +191,27 @@ class ImageStore:
             return known  # a repeat (ChartQA, FigureQA): no decode, no write
         fmt, width, height = image_header(data, self.max_pixels)
         rel = f"images/{source}/{sha[:2]}/{sha}.{_EXTENSIONS[fmt]}"
-        final = self.catalog_dir / rel
-        if not final.exists():  # on disk already means verified when it was written
+        final = self._location(rel)
+        if not self._exists(final):  # stored already means verified when it was written
             verify_image(data, fmt, self.max_pixels)
             self._write(final, data)
         stored = StoredImage(rel, sha, fmt, width, height, len(data))
         self._known[(source, sha)] = stored
         return stored
+
+    def _location(self, rel: str):
+        return self.catalog_dir / rel
+
+    def _exists(self, final: Path) -> bool:
+        return final.exists()
+
+    def read(self, rel: str) -> bytes:
+        """The stored bytes of `rel` (a row's image_path)."""
+        return (self.catalog_dir / rel).read_bytes()
+
+    def sources(self) -> list[str]:
+        """Sources that have a folder in the store."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
     def _write(self, final: Path, data: bytes) -> None:
         if final.parent not in self._made_dirs:
@@ -249,3 +267,72 @@ class ImageStore:
                 os.unlink(entry.path)
                 removed += 1
         return removed
+
+
+class ObjectImageStore(ImageStore):
+    """The image store on object storage, under `<data prefix>/images/`: the same keys and checks.
+
+    `put` writes an object only when its key is absent (write-once by content address); the
+    sweep lists and deletes only keys under `<prefix>/images/<source>/` named as `put` names them.
+    """
+
+    def __init__(self, url: str, max_pixels: int = MAX_PIXELS):
+        from ocrcat.catalog.objects import filesystem
+
+        self.url = url.rstrip("/")
+        self.fs, self.base = filesystem(self.url)
+        self.catalog_dir = Path(self.base)  # for messages only: nothing local is touched
+        self.root = Path(self.base) / "images"
+        self.max_pixels = max_pixels
+        self._known = {}
+
+    def _location(self, rel: str) -> str:
+        return f"{self.base}/{rel}"
+
+    def _exists(self, final: str) -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(final).type != pafs.FileType.NotFound
+
+    def _write(self, final: str, data: bytes) -> None:
+        try:
+            with self.fs.open_output_stream(final) as f:  # visible only once the upload completes
+                f.write(data)
+        except OSError as exc:
+            raise OSError(exc.errno or 5, f"cannot write {self.url}/{final.removeprefix(self.base + '/')}: {exc}",
+                          f"{self.url}/{final.removeprefix(self.base + '/')}") from None
+
+    def read(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(self._location(rel)) as f:
+            return f.read()
+
+    def sources(self) -> list[str]:
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.base}/images", allow_not_found=True))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+    def sweep(self, source: str, keep: set[str]) -> int:
+        import pyarrow.fs as pafs
+
+        folder = f"{self.base}/images/{source}"
+        infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
+        removed = 0
+        for info in infos:
+            rel = info.path.removeprefix(f"{self.base}/")
+            parts = rel.split("/")
+            if info.type != pafs.FileType.File or len(parts) != 4 or parts[:2] != ["images", source]:
+                continue
+            match = _OURS.fullmatch(parts[3])
+            if not match or match["sha"][:2] != parts[2] or rel in keep:
+                continue  # not a key ocrcat wrote, or still referenced
+            self.fs.delete_file(info.path)
+            removed += 1
+        return removed
+
+
+def open_store(location: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> ImageStore:
+    """The image store of a catalog folder, or of a shared catalog's data URL."""
+    if "://" in str(location):
+        return ObjectImageStore(str(location), max_pixels)
+    return ImageStore(location, max_pixels)

@@ -17,6 +17,12 @@ from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError
 METADATA = f"__ducklake_metadata_{LAKE}"  # DuckLake's own tables, in catalog.sqlite
 
 
+def _metadata(catalog: Catalog, table: str) -> str:
+    """A DuckLake metadata table: in catalog.sqlite, or in the shared catalog's PostgreSQL schema."""
+    schema = f'"{catalog.shared["schema"]}".' if catalog.shared else ""
+    return f"{METADATA}.{schema}{table}"
+
+
 def history(catalog: Catalog, *, shards: bool = False, limit: int | None = None) -> list[dict]:
     """Snapshots, newest first: id, time (UTC), message, what changed, the commit's extra facts.
     Shard commits of ingests are left out unless `shards`."""
@@ -101,16 +107,16 @@ def rollback(catalog: Catalog, snapshot: int) -> int:
             else:
                 con.execute(f"DELETE FROM {table}")
                 con.execute(f"INSERT INTO {table} SELECT * FROM {table} AT (VERSION => {int(snapshot)})")
-        _restore_views(con, snapshot)
+        _restore_views(con, snapshot, _metadata(catalog, "ducklake_view"))
         return catalog.next_snapshot()
 
     return catalog.commit(restore, f"rollback to snapshot {snapshot}", kind="rollback", to=snapshot)
 
 
-def _restore_views(con, snapshot: int) -> None:
+def _restore_views(con, snapshot: int, view_table: str) -> None:
     """Views as they were at `snapshot` (DuckLake keeps every view's SQL with its life span)."""
     then = dict(con.execute(
-        f"""SELECT view_name, sql FROM {METADATA}.ducklake_view
+        f"""SELECT view_name, sql FROM {view_table}
             WHERE begin_snapshot <= ? AND (end_snapshot IS NULL OR end_snapshot > ?)""",
         [snapshot, snapshot]).fetchall())
     now = dict(con.execute("SELECT view_name, sql FROM duckdb_views() WHERE database_name = ? AND NOT internal",
@@ -154,8 +160,7 @@ def referenced_images(catalog: Catalog, source: str | None = None) -> set[str]:
 def sweep_images(catalog: Catalog, source: str | None = None) -> int:
     """Delete image files (of `source`, or all) that no kept snapshot references, and leftovers.
     Sources being ingested right now are left alone: their new files have no committed row yet."""
-    root = catalog.dir / "images"
-    sources = [source] if source else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    sources = [source] if source else catalog.images.sources()
     busy = {pair.split("-", 1)[0] for pair in running_ingests(catalog)}
     sources = [s for s in sources if s not in busy]
     if not sources:
@@ -198,4 +203,7 @@ def compact(catalog: Catalog, *, older_than_snapshot: int | None = None) -> dict
 
 
 def _file_count(catalog: Catalog) -> int:
+    if catalog.shared:  # object storage: count the lake's live files in its metadata instead of listing
+        return catalog.con.execute(f"SELECT count(*) FROM {_metadata(catalog, 'ducklake_data_file')} "
+                                   "WHERE end_snapshot IS NULL").fetchone()[0]
     return sum(1 for p in catalog.data_path.rglob("*.parquet")) if catalog.data_path.is_dir() else 0

@@ -15,6 +15,18 @@ and DuckLake fails a commit that raced a delete from the same table; taking turn
 The lock is held only while a commit runs (milliseconds to seconds), never by readers, and the
 kernel drops it when a process dies. Commits that still fail on a conflict (a writer on another
 machine, or one that is not ocrcat) are retried from the start.
+
+A shared catalog (several machines) is named by a TOML file instead of a folder:
+
+    metadata = "postgres:host=db.internal dbname=ocrcat"   # libpq; password from PG* / ~/.pgpass
+    data = "s3://bucket/ocrcat"        # lake data under <data>/lake/, images under <data>/images/
+    work = "/var/tmp/ocrcat-work"      # optional, local: locks, staging, caches (default: next to the file)
+    metadata_schema = "ocrcat"         # optional: several catalogs in one PostgreSQL database
+
+Credentials never go in it (a `password=` is refused): libpq reads PG* variables and ~/.pgpass,
+S3 access comes from the AWS_* variables (ocrcat.catalog.objects). The commit lock above is
+per machine; between machines, DuckLake's own conflict detection fails the later of two racing
+commits and `commit` runs it again (no lock server is needed; PostgreSQL serialises the metadata).
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import os
 import random
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
@@ -34,7 +47,7 @@ import duckdb
 
 from ocrcat import vision
 from ocrcat.catalog import extensions
-from ocrcat.catalog.images import ImageStore
+from ocrcat.catalog.images import open_store
 from ocrcat.catalog.schema import DDL, SCHEMA_VERSION, TABLES
 
 DEFAULT_DIR = "ocrcat-data"
@@ -57,8 +70,31 @@ class CatalogBusy(CatalogError):
 
 
 def resolve_dir(path: str | os.PathLike | None = None) -> Path:
-    """Catalog location: the explicit path, else $OCRCAT_HOME, else ./ocrcat-data."""
-    return Path(path or os.environ.get("OCRCAT_HOME") or DEFAULT_DIR).expanduser()
+    """Catalog location: the explicit path, else $OCRCAT_HOME, else ./ocrcat-data; for a shared
+    catalog's TOML file, its local work folder."""
+    return locate(path)[0]
+
+
+def locate(path: str | os.PathLike | None = None) -> tuple[Path, dict | None]:
+    """(local folder, shared-catalog settings or None) of a catalog folder or TOML file."""
+    given = Path(path or os.environ.get("OCRCAT_HOME") or DEFAULT_DIR).expanduser()
+    if given.suffix != ".toml":
+        return given, None
+    try:
+        settings = tomllib.loads(given.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"cannot read the catalog file {given}: {exc}") from None
+    metadata, data = settings.get("metadata"), settings.get("data")
+    if not isinstance(metadata, str) or not metadata.startswith("postgres:") or not isinstance(data, str) \
+            or "://" not in data:
+        raise CatalogError(f"{given} must set metadata = \"postgres:host=… dbname=…\" and "
+                           "data = \"s3://bucket/prefix\"")
+    if "password" in metadata.lower():
+        raise CatalogError(f"{given} holds a password: remove it and give it to libpq through PGPASSWORD or "
+                           "~/.pgpass (credentials are never stored in a catalog file)")
+    work = Path(settings.get("work") or given.with_suffix(".work")).expanduser()
+    return work, {"metadata": metadata, "data": data.rstrip("/"),
+                  "schema": str(settings.get("metadata_schema", "ocrcat")), "file": str(given)}
 
 
 def sample_id(source: str, split: str, source_key: str) -> int:
@@ -84,15 +120,19 @@ class Catalog:
         at: int | None = None,
         _migrating: bool = False,
     ):
-        self.dir = resolve_dir(path)
+        self.dir, self.shared = locate(path)
         self.metadata_path = self.dir / METADATA_NAME
         self.data_path = self.dir / DATA_DIR
+        # Where images live: this folder, or the shared catalog's data URL (row paths are relative to it).
+        self.image_root = self.shared["data"] if self.shared else str(self.dir)
         self.at = at
         self.read_only = read_only or at is not None
         if self.dir.exists() and not self.dir.is_dir():
             raise CatalogError(f"the catalog path {self.dir} is a file, not a folder; give --catalog (or "
-                               "$OCRCAT_HOME) a folder, which is created if missing")
-        if not self.metadata_path.exists():
+                               "$OCRCAT_HOME) a folder (created if missing) or a shared catalog's .toml file")
+        if self.shared:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        elif not self.metadata_path.exists():
             if (self.dir / LEGACY_NAME).exists() and not _migrating:
                 raise CatalogError(
                     f"{self.dir} holds a catalog in the old single-file format ({LEGACY_NAME}); "
@@ -107,7 +147,7 @@ class Catalog:
                 self.dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise CatalogError(f"cannot create the catalog folder {self.dir}: {exc.strerror}") from None
-        self.con = connect()
+        self.con = connect(shared=self.shared is not None)
         if self.read_only:
             self._attach()
         else:
@@ -120,25 +160,30 @@ class Catalog:
                 f"catalog {self.dir} uses vision mode {self.vision_mode!r}, not {vision_mode!r}; "
                 "a catalog has one mode (its image_tokens depend on it): use another --catalog"
             )
-        self.images = ImageStore(self.dir)
+        self.images = open_store(self.image_root)
 
     # --- opening -------------------------------------------------------------------------------
 
     def _attach(self) -> None:
         # The data path is given on every attach (and overrides the stored one), so a catalog
         # folder can be moved or mounted elsewhere; data file paths are stored relative to it.
-        options = [
-            f"DATA_PATH {_quote(self.data_path.resolve().as_posix() + '/')}",
-            "OVERRIDE_DATA_PATH TRUE",
-            # WAL: a reader never blocks a writer nor the other way round. busy_timeout: wait
-            # (instead of failing) for the moment SQLite needs to switch between them.
-            "METADATA_PARAMETERS MAP {'busy_timeout': '60000', 'journal_mode': 'WAL'}",
-        ]
+        if self.shared:
+            options = [f"DATA_PATH {_quote(self.shared['data'] + '/' + DATA_DIR + '/')}", "OVERRIDE_DATA_PATH TRUE",
+                       f"METADATA_SCHEMA {_quote(self.shared['schema'])}"]
+        else:
+            options = [
+                f"DATA_PATH {_quote(self.data_path.resolve().as_posix() + '/')}",
+                "OVERRIDE_DATA_PATH TRUE",
+                # WAL: a reader never blocks a writer nor the other way round. busy_timeout: wait
+                # (instead of failing) for the moment SQLite needs to switch between them.
+                "METADATA_PARAMETERS MAP {'busy_timeout': '60000', 'journal_mode': 'WAL'}",
+            ]
         if self.read_only:
             options.append("READ_ONLY")
         if self.at is not None:
             options.append(f"SNAPSHOT_VERSION {int(self.at)}")
-        target = _quote(f"ducklake:sqlite:{self.metadata_path.resolve().as_posix()}")
+        target = _quote(f"ducklake:{self.shared['metadata']}" if self.shared
+                        else f"ducklake:sqlite:{self.metadata_path.resolve().as_posix()}")
         try:
             self.con.execute(f"ATTACH {target} AS {LAKE} ({', '.join(options)})")
         except duckdb.Error as exc:
@@ -146,7 +191,8 @@ class Catalog:
             if self.at is not None and "snapshot" in message.lower():
                 raise CatalogError(f"catalog {self.dir} has no snapshot {self.at}; list them with "
                                    "`ocrcat history`") from None
-            raise CatalogError(f"cannot open the catalog at {self.dir}: {message}") from None
+            where = self.shared["file"] if self.shared else self.dir
+            raise CatalogError(f"cannot open the catalog at {where}: {message}") from None
         self.con.execute(f"USE {LAKE}")
 
     def _create_tables(self, vision_mode: str | None) -> None:
@@ -272,12 +318,17 @@ class Catalog:
         self.close()
 
 
-def connect() -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the lake's extensions loaded and no network use."""
+def connect(shared: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the lake's extensions loaded and no network use (but
+    the shared catalog's servers: PostgreSQL, and S3 with the environment's settings)."""
+    from ocrcat.catalog.objects import duckdb_secret
+
     spill = Path(tempfile.gettempdir()) / f"ocrcat-duckdb-{os.getuid()}"
     con = duckdb.connect(config={"autoinstall_known_extensions": False, "temp_directory": str(spill)})
     try:
-        extensions.load(con)
+        extensions.load(con, extensions.LOCAL + (("postgres", "httpfs") if shared else ()))
+        if shared:
+            duckdb_secret(con)
     except extensions.ExtensionError as exc:
         con.close()
         raise CatalogError(str(exc)) from None

@@ -7,8 +7,9 @@ choosing and hide which shard a failure belongs to. What Ray adds is placement a
 retries when a node dies (a shard is idempotent: images are content-addressed, rows are returned,
 not written), and cleanup: the tasks of a driver that dies are cancelled by the cluster.
 
-Every node must see the mirror and the catalog's image store at the same location (a shared
-path, or object storage once the catalog lives there).
+Every node must see the mirror at the same path (a shared file system) and the catalog's image
+store: the same folder, or a shared catalog's object storage (the driver's AWS_* variables are
+handed to the tasks).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import ocrcat
+from ocrcat.catalog.objects import aws_environment
 from ocrcat.ingest.base import MirrorError, Shard
 
 
@@ -42,7 +44,9 @@ def connect(address: str) -> None:
     try:
         ray.init(
             address=None if address == "local" else address,
-            runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            # Tasks reach a shared catalog's object storage with the driver's AWS settings (their
+            # workers inherit the raylet's environment, not ours).
+            runtime_env={"env_vars": {"PYTHONPATH": pythonpath, **aws_environment()}},
             logging_level=logging.WARNING,
             log_to_driver=False,
             configure_logging=False,

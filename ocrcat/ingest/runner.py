@@ -47,6 +47,7 @@ import pyarrow as pa
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, ImageStore, sample_id
+from ocrcat.catalog.images import open_store
 from ocrcat.catalog.images import UnsafeSweep
 from ocrcat.catalog.snapshots import compact
 from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
@@ -180,6 +181,7 @@ def ingest(
     root = check_request(catalog.dir, source_name, mirror, splits, limit)
     if ray:
         connect_ray(ray)  # before planning: an unreachable cluster is said at once
+        root = root.resolve()  # tasks run in other working directories
     source = registry.get(source_name)
     info = source.INFO
     opts = registry.parse_options(source, []) | (options or {})
@@ -293,7 +295,7 @@ def _ingest_split(
     message = None
     try:
         seen = _pending_ids(catalog.con, source, split)
-        results = _process(pending, (source, split, str(catalog.dir), catalog.vision_mode, options, limits, run_id),
+        results = _process(pending, (source, split, catalog.image_root, catalog.vision_mode, options, limits, run_id),
                            workers, ray)
         with closing(results):  # an early exit kills the workers now, not when garbage is collected
             _land_in_batches(catalog, source, split, fingerprint, run_id, results, summary, seen, progress)
@@ -668,7 +670,7 @@ def _watch(parent: int, main_pid: int) -> None:
             os._exit(1)
 
 
-def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, mode: str,
+def process_shard(shard: Shard, source_name: str, split: str, image_root: str, mode: str,
                   options: dict, limits: caps.Limits, run_id: int) -> ShardResult:
     """Read one shard and turn its records into rows, storing images. Runs in a worker.
 
@@ -678,7 +680,7 @@ def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, 
     """
     source = registry.get(source_name)
     caps.use(limits)
-    store = _run_store(catalog_dir, limits.max_image_pixels, run_id)
+    store = _run_store(image_root, limits.max_image_pixels, run_id)
     result = ShardResult(shard.key)
     limit = shard.payload.get("_limit")
     try:
@@ -700,13 +702,13 @@ def process_shard(shard: Shard, source_name: str, split: str, catalog_dir: str, 
 _store: tuple[tuple, ImageStore] | None = None
 
 
-def _run_store(catalog_dir: str, max_pixels: int, run_id: int) -> ImageStore:
+def _run_store(image_root: str, max_pixels: int, run_id: int) -> ImageStore:
     """One image store per run and process: it remembers the images it verified, so a repeat costs
     a hash. Never longer than a run: a later run's sweep may delete files this one stored."""
     global _store
-    key = (catalog_dir, max_pixels, run_id, os.getpid())
+    key = (image_root, max_pixels, run_id, os.getpid())
     if _store is None or _store[0] != key:
-        _store = (key, ImageStore(catalog_dir, max_pixels))
+        _store = (key, open_store(image_root, max_pixels))
     return _store[1]
 
 

@@ -9,7 +9,7 @@ fetches a few MB to reach any position. `manifest.json` (written last) lists the
 first position, rows and sha256, as the plain export's manifest does for its files.
 
 Object storage goes through pyarrow's filesystems; credentials and endpoint come from the standard
-AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, …), never from ocrcat.
+AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, …; ocrcat.catalog.objects).
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ocrcat.catalog import Catalog
+from ocrcat.catalog.objects import filesystem
+from ocrcat.catalog.snapshots import stable_snapshot
 from ocrcat.mix.export import SCHEMA, _batches, catalog_state, export_sql
 from ocrcat.mix.mixtures import MixtureError, check_split, get_mixture
 
@@ -48,7 +50,7 @@ def open_destination(out: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     text = str(out)
     if "://" in text:
         try:
-            return pafs.FileSystem.from_uri(text.rstrip("/"))
+            return filesystem(text)
         except (pa.ArrowInvalid, OSError) as exc:
             raise MixtureError(f"cannot open {text}: {exc}") from None
     path = Path(text).expanduser()
@@ -66,6 +68,15 @@ def export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split: 
     """
     if shard_mb <= 0:
         raise MixtureError(f"--shard-mb must be positive, not {shard_mb}")
+    # One transaction: one snapshot read throughout, whatever commits meanwhile (as export_mixture).
+    catalog.con.execute("BEGIN TRANSACTION")
+    try:
+        return _export_embedded(catalog, name, out, split, shard_mb)
+    finally:
+        catalog.con.execute("ROLLBACK")
+
+
+def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split: str | None, shard_mb: int) -> dict:
     definition = get_mixture(catalog, name)
     check_split(catalog, definition, split)
     fs, root = open_destination(out)
@@ -98,7 +109,8 @@ def export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split: 
             fs.delete_file(f"{root}/.{current['file']}.tmp")
     manifest = {
         "mixture": definition, "seed": definition["seed"], "vision_mode": catalog.vision_mode,
-        "catalog": str(catalog.dir.resolve()), "catalog_state": catalog_state(catalog),
+        "catalog": catalog.shared["file"] if catalog.shared else str(catalog.dir.resolve()),
+        "catalog_state": catalog_state(catalog), "snapshot": stable_snapshot(catalog),
         "embedded_images": True, "format": "parquet", "split": split or "all",
         "columns": EMBED_SCHEMA.names, "row_group_size": EMBED_ROW_GROUP,
         "rows": sum(s["rows"] for s in shards), "shards": shards, "files": [s["file"] for s in shards],
@@ -115,12 +127,11 @@ def _with_images(catalog: Catalog, table: pa.Table) -> pa.Table:
         if rel is None:
             images.append(None)
             continue
-        path = catalog.dir / rel
         try:
-            images.append({"bytes": path.read_bytes(), "path": Path(rel).name})
+            images.append({"bytes": catalog.images.read(rel), "path": Path(rel).name})
         except OSError as exc:
-            raise MixtureError(f"image {rel} of the plan cannot be read ({exc.strerror}): "
-                               "run `ocrcat validate --deep` and re-ingest its source") from None
+            raise MixtureError(f"image {rel} of the plan cannot be read from {catalog.image_root} "
+                               f"({exc.strerror or exc}): run `ocrcat validate --deep` and re-ingest its source") from None
     return table.append_column(EMBED_SCHEMA.field("image"), pa.array(images, IMAGE_TYPE)).replace_schema_metadata(
         EMBED_SCHEMA.metadata)
 

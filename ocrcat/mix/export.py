@@ -119,7 +119,7 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
     if out.exists() and not out.is_dir():
         raise MixtureError(f"--out {out} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
-    root = catalog.dir.resolve()
+    root = catalog.image_root if catalog.shared else catalog.dir.resolve()
     data = out / f"{name}.{split or 'all'}.{format}"
     tmp = data.with_name(f".{data.name}.tmp")
     check_split(catalog, definition, split)
@@ -135,7 +135,7 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
     try:
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
-        relation = con.sql(export_sql(definition, split), params=["" if relative_paths else f"{root.as_posix()}/"])
+        relation = con.sql(export_sql(definition, split), params=["" if relative_paths else f"{root}/"])
         # A relation streams; a DB-API result would be copied whole first. DuckDB 2 calls the
         # reader to_arrow_reader, older versions fetch_arrow_reader.
         reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader)(64 * ROW_GROUP)
@@ -179,7 +179,7 @@ def missing_images(catalog: Catalog, definition: dict, split: str | None = None)
     DuckDB lists the image store (glob, in C++) and anti-joins it with the plan's paths: no
     Python stat per image, so millions of rows cost a directory listing.
     """
-    root = catalog.dir.resolve().as_posix()
+    root = catalog.image_root if catalog.shared else catalog.dir.resolve().as_posix()
     count, first = catalog.con.execute(
         f"""WITH paths AS (SELECT DISTINCT s.image_path AS path FROM ({entries_sql(definition, split)}) e
                            JOIN samples s USING (sample_id) WHERE s.image_path IS NOT NULL),
