@@ -1,0 +1,175 @@
+"""A shared catalog on the real services scripts/services.sh starts: lake metadata in PostgreSQL, lake
+data and images on an S3 server (moto), ingest through a two-node Ray cluster; it equals the local
+default, a second process with only the catalog file reads it, and the sweep stays under its prefix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from ocrcat.catalog import Catalog
+from ocrcat.catalog.objects import filesystem
+from ocrcat.ingest.runner import ingest
+from ocrcat.mix.embed import export_embedded
+from ocrcat.mix.export import export_mixture
+from ocrcat.mix.mixtures import create_mixture
+
+PG = os.environ.get("OCRCAT_TEST_POSTGRES")
+S3 = os.environ.get("OCRCAT_TEST_S3_ENDPOINT")
+RAY = os.environ.get("OCRCAT_TEST_RAY")
+pytestmark = pytest.mark.skipif(not (PG and S3 and RAY),
+                                reason="no PostgreSQL/S3/Ray services: eval \"$(scripts/services.sh start)\"")
+
+OCRCAT = [sys.executable, "-m", "ocrcat.cli"]
+SOURCES = ["chartqa", "figureqa", "pubtables"]
+BUCKET = "ocrcat-tests"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def aws_environment():
+    """moto's server accepts any keys; the code under test reads only these standard variables."""
+    saved = dict(os.environ)
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=S3 or "")
+    host = S3.split("://", 1)[-1] if S3 else None
+    pafs.S3FileSystem(endpoint_override=host, scheme="http", allow_bucket_creation=True).create_dir(BUCKET)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def shared_catalog(tmp_path: Path) -> tuple[Path, str]:
+    """A catalog file with a fresh PostgreSQL schema and S3 prefix; returns (file, data URL)."""
+    tag = uuid.uuid4().hex[:10]
+    data = f"s3://{BUCKET}/{tag}"
+    path = tmp_path / "shared.toml"
+    path.write_text(f'metadata = "postgres:{PG}"\ndata = "{data}"\nmetadata_schema = "t{tag}"\n'
+                    f'work = "{tmp_path / "work"}"\n')
+    return path, data
+
+
+def rows(catalog) -> list[tuple]:
+    with Catalog(catalog, read_only=True) as cat:
+        return cat.con.execute("SELECT * EXCLUDE (ingest_run) FROM samples ORDER BY sample_id").fetchall()
+
+
+def s3_objects(url: str) -> dict[str, bytes]:
+    fs, base = filesystem(url)
+    infos = fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+    out = {}
+    for info in infos:
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                out[info.path.removeprefix(base + "/")] = f.read()
+    return out
+
+
+def local_images(catalog_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(catalog_dir).as_posix(): p.read_bytes()
+            for p in sorted((catalog_dir / "images").rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory) -> Path:
+    from ocrcat.ingest.mirror import write_sample_mirror
+
+    root = tmp_path_factory.mktemp("shared-mirror")
+    write_sample_mirror(root, SOURCES, rows=24, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def local_catalog(mirror, tmp_path_factory) -> Path:
+    catalog_dir = tmp_path_factory.mktemp("local") / "catalog"
+    with Catalog(catalog_dir) as cat:
+        for source in SOURCES:
+            ingest(cat, source, mirror=mirror, workers=2)
+    return catalog_dir
+
+
+def test_ray_ingest_into_postgres_and_s3_equals_the_local_default(mirror, local_catalog, tmp_path):
+    config, data = shared_catalog(tmp_path)
+    done = subprocess.run([*OCRCAT, "ingest", *SOURCES, "--mirror", str(mirror), "--catalog", str(config),
+                           "--ray", RAY], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    expected = rows(local_catalog)
+    assert len(expected) > 50 and rows(config) == expected
+
+    objects = s3_objects(data)
+    images = {k: v for k, v in objects.items() if k.startswith("images/")}
+    assert images == local_images(local_catalog)  # the same keys and bytes as the local store
+    assert any(k.startswith("lake/") and k.endswith(".parquet") for k in objects)  # lake data on S3 too
+    assert all(k.startswith(("images/", "lake/")) for k in objects)  # nothing else written there
+    assert not (tmp_path / "work" / "catalog.sqlite").exists() and not (tmp_path / "work" / "images").exists()
+
+    # Another machine's view: a new process given only the catalog file (and the standard environment).
+    query = "SELECT count(*) AS n, bit_xor(sample_id) AS x FROM samples"
+    other = subprocess.run([*OCRCAT, "sql", query, "--json", "--catalog", str(config)], capture_output=True,
+                           text=True, timeout=300, cwd=tmp_path)
+    assert other.returncode == 0, other.stderr
+    with Catalog(local_catalog, read_only=True) as cat:
+        n, x = cat.con.execute(query).fetchone()
+    assert json.loads(other.stdout) == [{"n": n, "x": x}]
+
+    # Exports: the plain one names images by their URL; the embedded one carries the bytes from S3.
+    for cat_path in (config, local_catalog):
+        with Catalog(cat_path) as cat:
+            create_mixture(cat, "charts", [("charts", "source <> 'pubtables'", 1.5)], seed=3, replace=True)
+    with Catalog(config, read_only=True) as cat:
+        plain = export_mixture(cat, "charts", tmp_path / "plain")
+        embedded = export_embedded(cat, "charts", tmp_path / "shared-export")
+    with Catalog(local_catalog, read_only=True) as cat:
+        local_embedded = export_embedded(cat, "charts", tmp_path / "local-export")
+    paths = pq.read_table(tmp_path / "plain" / plain["files"][0], columns=["image_path"]).column(0).to_pylist()
+    assert paths and all(p.startswith(data + "/images/") for p in paths if p)
+    assert plain["missing_images_count"] == 0
+    shared_rows = pq.read_table(tmp_path / "shared-export" / embedded["files"][0]).drop(["image_path"])
+    local_rows = pq.read_table(tmp_path / "local-export" / local_embedded["files"][0]).drop(["image_path"])
+    assert shared_rows.num_rows > 0 and shared_rows.equals(local_rows)
+
+
+def test_sweep_deletes_only_unreferenced_images_under_its_prefix(mirror, tmp_path):
+    config, data = shared_catalog(tmp_path)
+    with Catalog(config) as cat:
+        ingest(cat, "chartqa", mirror=mirror)
+    fs, base = filesystem(data)
+    bucket = base.split("/")[0]
+    orphan = f"images/chartqa/ab/{'ab' + '0' * 62}.png"  # ocrcat's naming, no row: swept
+    strangers = [f"{base}/images/chartqa/ab/notes.txt", f"{base}/images/chartqa/readme.png",
+                 f"{base}-sibling/images/chartqa/ab/{'ab' + '1' * 62}.png", f"{bucket}/elsewhere.png"]
+    for key in [f"{base}/{orphan}", *strangers]:
+        with fs.open_output_stream(key) as f:
+            f.write(b"x")
+    before = s3_objects(data)
+    with Catalog(config) as cat:
+        from ocrcat.catalog.snapshots import compact
+
+        result = compact(cat)
+    after = s3_objects(data)
+    assert result["images_swept"] == 1 and orphan not in after
+    assert set(before) - set(after) == {orphan}
+    for key in strangers:  # not named as ocrcat names images, or outside the prefix: untouched
+        assert fs.get_file_info(key).type == pafs.FileType.File
+
+    # Write-once: storing an image that exists does not rewrite the object.
+    image = next(k for k in after if k.startswith("images/chartqa/") and k.endswith(".png"))
+    mtime = fs.get_file_info(f"{base}/{image}").mtime
+    with Catalog(config) as cat:
+        stored = cat.images.put("chartqa", after[image])
+    assert stored.path == image and fs.get_file_info(f"{base}/{image}").mtime == mtime
+
+
+def test_a_password_in_the_catalog_file_is_refused(tmp_path):
+    path = tmp_path / "shared.toml"
+    path.write_text(f'metadata = "postgres:{PG} password=secret"\ndata = "s3://{BUCKET}/x"\n')
+    result = subprocess.run([*OCRCAT, "stats", "--catalog", str(path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "holds a password" in result.stderr and "PGPASSWORD" in result.stderr and "Traceback" not in result.stderr
