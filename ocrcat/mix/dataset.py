@@ -2,7 +2,12 @@
 
 Rows are read lazily: the Parquet files are opened per process (so the Dataset can be handed to
 DataLoader workers) and only the row group holding the requested row is decoded, one at a time. No
-image and no whole text column is kept in memory. Each item is a tokenized sample with its uint8
+image and no whole text column is kept in memory.
+
+An export made with `--embed-images` carries each image's bytes in its row, so it can be read from
+anywhere, also straight from object storage (`s3://bucket/prefix`, settings from the standard AWS
+environment): a row group is fetched with ranged reads of its own column chunks, so a rank that is
+given whole row groups (PlanBatchSampler's `block`, set to `ds.row_group_size`) fetches only those. Each item is a tokenized sample with its uint8
 pixels; normalisation happens later on the device (see collate.py).
 """
 
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -51,8 +57,13 @@ class MixtureDataset(torch.utils.data.Dataset):
     ):
         if overflow not in ("truncate", "drop"):
             raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
-        self.files, manifest = _resolve(Path(source).expanduser(), split)
-        self.image_root = _image_root(manifest, self.files[0].parent)
+        self.url = str(source) if "://" in str(source) else None
+        if self.url:
+            self.files, manifest = _resolve_url(self.url, split)
+            self.image_root = None  # remote exports carry their images (--embed-images)
+        else:
+            self.files, manifest = _resolve(Path(source).expanduser(), split)
+            self.image_root = _image_root(manifest, self.files[0].parent)
         mode = manifest.get("vision_mode")
         if vision_mode and mode and vision_mode != mode:
             raise ValueError(f"the export's image_tokens were counted in vision mode {mode!r}, "
@@ -66,17 +77,27 @@ class MixtureDataset(torch.utils.data.Dataset):
         self.starts: list[int] = []  # global index of each row group's first row
         self.groups: list[tuple[int, int]] = []  # (file index, row group index)
         n = 0
+        self._fs = None
+        self._open: dict[int, pq.ParquetFile] = {}
+        self.embedded = False
         for f_i, path in enumerate(self.files):
-            meta = pq.ParquetFile(path).metadata
-            missing = [c for c in COLUMNS if c not in meta.schema.names]
+            meta, names = self._file(f_i).metadata, self._file(f_i).schema_arrow.names
+            missing = [c for c in COLUMNS if c not in names]
             if missing:
                 raise ValueError(f"{path} lacks columns {missing}; is it an ocrcat export?")
+            self.embedded = "image" in names
+            if self.url and not self.embedded:
+                raise ValueError(f"{self.url} is an export without its images; export with --embed-images "
+                                 "to read it from object storage")
             for g in range(meta.num_row_groups):
                 self.starts.append(n)
                 self.groups.append((f_i, g))
                 n += meta.row_group(g).num_rows
         self.n = n
-        self._open: dict[int, pq.ParquetFile] = {}
+        self.columns = COLUMNS + ["image"] if self.embedded else COLUMNS
+        # Rows per row group (all but the last have as many): the sampler's `block` for streaming.
+        self.row_group_size = self._file(0).metadata.row_group(0).num_rows if self.groups else 1
+        self._open = {}  # footers read above are not kept: each process opens its own
         self._cached: tuple[int, pa.Table] | None = None
 
     @classmethod
@@ -109,15 +130,25 @@ class MixtureDataset(torch.utils.data.Dataset):
     def __getstate__(self) -> dict:
         # Open files and the cached row group stay behind: each worker opens its own.
         state = self.__dict__.copy()
-        state["_open"], state["_cached"] = {}, None
+        state["_open"], state["_cached"], state["_fs"] = {}, None, None
         return state
+
+    def _file(self, f_i: int) -> pq.ParquetFile:
+        if f_i not in self._open:
+            if self.url:
+                if self._fs is None:
+                    from ocrcat.catalog.objects import filesystem
+
+                    self._fs = filesystem(self.url)[0]
+                self._open[f_i] = pq.ParquetFile(self._fs.open_input_file(self.files[f_i]))
+            else:
+                self._open[f_i] = pq.ParquetFile(self.files[f_i])
+        return self._open[f_i]
 
     def _group(self, g: int) -> pa.Table:
         if self._cached is None or self._cached[0] != g:
             f_i, rg = self.groups[g]
-            if f_i not in self._open:
-                self._open[f_i] = pq.ParquetFile(self.files[f_i])
-            self._cached = (g, self._open[f_i].read_row_group(rg, columns=COLUMNS))
+            self._cached = (g, self._file(f_i).read_row_group(rg, columns=self.columns))
         return self._cached[1]
 
     def row(self, i: int) -> dict:
@@ -138,8 +169,7 @@ class MixtureDataset(torch.utils.data.Dataset):
             ids, starts = self.tokenizer.render_conversation(messages), []
         else:
             if r["image_path"]:
-                path = Path(r["image_path"])
-                img = self.processor(path if path.is_absolute() else self.image_root / path)
+                img = self.processor(self._image(r))
                 if img.tokens != r["image_tokens"]:
                     raise ValueError(
                         f"sample {r['sample_id']}: the export says {r['image_tokens']} image tokens but "
@@ -170,6 +200,16 @@ class MixtureDataset(torch.utils.data.Dataset):
             "truncated": truncated,
         }
 
+    def _image(self, r: dict):
+        """What the processor opens: the row's own bytes (embedded export), else the file."""
+        if self.embedded:
+            if not r["image"] or r["image"]["bytes"] is None:
+                raise ValueError(f"sample {r['sample_id']} (position {r['position']}) has an image path but no "
+                                 "image bytes in this embedded export; export it again")
+            return io.BytesIO(r["image"]["bytes"])  # no path is opened
+        path = Path(r["image_path"])
+        return path if path.is_absolute() else self.image_root / path
+
     def lengths(self) -> np.ndarray:
         """Estimated ids per row for length-aware batching, one row group at a time.
 
@@ -179,8 +219,7 @@ class MixtureDataset(torch.utils.data.Dataset):
         out = np.empty(self.n, dtype=np.int64)
         for g, start in enumerate(self.starts):
             f_i, rg = self.groups[g]
-            f = self._open.get(f_i) or pq.ParquetFile(self.files[f_i])
-            t = f.read_row_group(rg, columns=["image_tokens", "text", "response", "messages", "image_path"])
+            t = self._file(f_i).read_row_group(rg, columns=["image_tokens", "text", "response", "messages", "image_path"])
             total = pc.add(pc.fill_null(t["image_tokens"], 0), 2)  # + bos + assistant_end
             for col in ("text", "response", "messages"):
                 total = pc.add(total, pc.fill_null(pc.binary_length(t[col].cast(pa.string())), 0))
@@ -224,6 +263,24 @@ def _resolve(source: Path, split: str | None) -> tuple[list[Path], dict]:
         have = ", ".join(str(e) for e in manifest.get("files", [])) or "none"
         raise FileNotFoundError(f"the export at {manifest_path.parent} has no Parquet file"
                                 + (f" for split {split!r}" if split else "") + f" (files: {have})")
+    return files, manifest
+
+
+def _resolve_url(url: str, split: str | None) -> tuple[list[str], dict]:
+    """The shard paths (inside their filesystem) and manifest of an embedded export at a URL."""
+    from ocrcat.catalog.objects import filesystem
+
+    fs, base = filesystem(url)
+    try:
+        with fs.open_input_stream(f"{base}/manifest.json") as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"no export at {url}: cannot read {url.rstrip('/')}/manifest.json ({exc})") from None
+    if split is not None and manifest.get("split") not in (split, None):
+        raise FileNotFoundError(f"the export at {url} holds split {manifest.get('split')!r}, not {split!r}")
+    files = [f"{base}/{name}" for name in manifest.get("files", []) if name.endswith(".parquet")]
+    if not files:
+        raise FileNotFoundError(f"the export at {url} lists no Parquet shard")
     return files, manifest
 
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from ocrcat.catalog import Catalog
 from ocrcat.catalog.objects import filesystem
 from ocrcat.catalog.snapshots import stable_snapshot
-from ocrcat.mix.export import SCHEMA, _batches, catalog_state, export_sql
+from ocrcat.mix.export import ROW_GROUP, SCHEMA, _batches, catalog_state, export_sql
 from ocrcat.mix.mixtures import MixtureError, check_split, get_mixture
 
 EMBED_ROW_GROUP = 64
@@ -61,22 +61,25 @@ def open_destination(out: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
 
 def export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split: str | None = None,
-                    shard_mb: int = 256) -> dict:
+                    shard_mb: int = 256, row_group: int = EMBED_ROW_GROUP) -> dict:
     """Write the plan of mixture `name` with its image bytes to `out` (folder or URL); the manifest.
 
     >>> export_embedded(cat, "stage2", "s3://training/stage2", split="train")
     """
     if shard_mb <= 0:
         raise MixtureError(f"--shard-mb must be positive, not {shard_mb}")
+    if row_group <= 0 or ROW_GROUP % row_group:
+        raise MixtureError(f"row_group must divide {ROW_GROUP} (so every row group but the last is full)")
     # One transaction: one snapshot read throughout, whatever commits meanwhile (as export_mixture).
     catalog.con.execute("BEGIN TRANSACTION")
     try:
-        return _export_embedded(catalog, name, out, split, shard_mb)
+        return _export_embedded(catalog, name, out, split, shard_mb, row_group)
     finally:
         catalog.con.execute("ROLLBACK")
 
 
-def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split: str | None, shard_mb: int) -> dict:
+def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split: str | None, shard_mb: int,
+                     row_group: int) -> dict:
     definition = get_mixture(catalog, name)
     check_split(catalog, definition, split)
     fs, root = open_destination(out)
@@ -87,14 +90,16 @@ def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split:
     shards, writer, current = [], None, None
     try:
         for table in _batches(reader):
-            for start in range(0, table.num_rows, EMBED_ROW_GROUP):
-                group = _with_images(catalog, table.slice(start, EMBED_ROW_GROUP))
+            # _batches cuts at multiples of ROW_GROUP, so every row group but the last has
+            # `row_group` rows: readers can deal whole row groups to ranks (PlanBatchSampler block).
+            for start in range(0, table.num_rows, row_group):
+                group = _with_images(catalog, table.slice(start, row_group))
                 if writer is None:
                     current = {"file": f"{stem}-{len(shards):05d}.parquet", "first_position": group["position"][0].as_py(),
                                "rows": 0, "bytes": 0}
                     writer = pq.ParquetWriter(f"{root}/.{current['file']}.tmp", EMBED_SCHEMA, filesystem=fs,
                                               compression="zstd", write_statistics=["position", "sample_id"])
-                writer.write_table(group, row_group_size=EMBED_ROW_GROUP)
+                writer.write_table(group, row_group_size=row_group)
                 current["rows"] += group.num_rows
                 current["bytes"] += group.nbytes
                 if current["bytes"] >= shard_mb << 20:
@@ -112,7 +117,7 @@ def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split:
         "catalog": catalog.shared["file"] if catalog.shared else str(catalog.dir.resolve()),
         "catalog_state": catalog_state(catalog), "snapshot": stable_snapshot(catalog),
         "embedded_images": True, "format": "parquet", "split": split or "all",
-        "columns": EMBED_SCHEMA.names, "row_group_size": EMBED_ROW_GROUP,
+        "columns": EMBED_SCHEMA.names, "row_group_size": row_group,
         "rows": sum(s["rows"] for s in shards), "shards": shards, "files": [s["file"] for s in shards],
     }
     with fs.open_output_stream(f"{root}/manifest.json") as f:

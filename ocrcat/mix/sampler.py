@@ -23,7 +23,10 @@ class PlanBatchSampler(torch.utils.data.Sampler):
     `lengths` (e.g. `ds.lengths()`) turns on length-aware batching: within each window of
     `window` consecutive samples of this rank, samples are sorted by length before being cut into
     batches, so rows of a batch have similar lengths and less padding. The order stays deterministic.
-    `drop_last` (default) gives every rank the same number of samples, n // W, so no rank waits.
+    `drop_last` (default) gives every rank the same number of samples, so no rank waits.
+    `block` deals positions to ranks in blocks of that many consecutive ones (rank r takes blocks
+    r, r+W, …); with block = the export's row-group size (`ds.row_group_size`) each rank reads only
+    its own row groups, which is what streaming from object storage wants. block=1: r, r+W, ….
     """
 
     def __init__(
@@ -36,11 +39,15 @@ class PlanBatchSampler(torch.utils.data.Sampler):
         lengths: np.ndarray | None = None,
         window: int | None = None,
         drop_last: bool = True,
+        block: int = 1,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if block < 1:
+            raise ValueError("block must be at least 1")
+        self.block = block
         self.n, self.batch_size, self.rank, self.world_size = n, batch_size, rank, world_size
         self.lengths = None if lengths is None else np.asarray(lengths)
         if self.lengths is not None and len(self.lengths) != n:
@@ -51,8 +58,9 @@ class PlanBatchSampler(torch.utils.data.Sampler):
 
     def order(self) -> np.ndarray:
         """This rank's indices in the order they are served."""
-        per_rank = self.n // self.world_size if self.drop_last else -(-(self.n - self.rank) // self.world_size)
-        idx = self.rank + self.world_size * np.arange(per_rank, dtype=np.int64)
+        idx = self._positions(self.rank)
+        if self.drop_last:  # every rank as many as the one with fewest
+            idx = idx[:min(self._count(r) for r in range(self.world_size))]
         if self.lengths is None:
             return idx
         out = []
@@ -60,6 +68,20 @@ class PlanBatchSampler(torch.utils.data.Sampler):
             w = idx[s:s + self.window]
             out.append(w[np.argsort(self.lengths[w], kind="stable")])
         return np.concatenate(out) if out else idx
+
+    def _positions(self, rank: int) -> np.ndarray:
+        """Every position of `rank`: its blocks, in order."""
+        starts = np.arange(rank * self.block, self.n, self.world_size * self.block, dtype=np.int64)
+        idx = (starts[:, None] + np.arange(self.block, dtype=np.int64)[None, :]).ravel()
+        return idx[idx < self.n]
+
+    def _count(self, rank: int) -> int:
+        """len(self._positions(rank)), without building it."""
+        blocks = -(-self.n // self.block)
+        count = max(0, -(-(blocks - rank) // self.world_size)) * self.block
+        if self.n % self.block and (blocks - 1) % self.world_size == rank:
+            count -= self.block - self.n % self.block  # the last block is short
+        return count
 
     def batches(self) -> list[np.ndarray]:
         """All batches of this rank from the start; a window's batches never straddle windows."""
@@ -99,12 +121,12 @@ class PlanBatchSampler(torch.utils.data.Sampler):
 
     def state_dict(self) -> dict:
         return {"consumed": self.consumed, "rank": self.rank, "world_size": self.world_size,
-                "n": self.n, "batch_size": self.batch_size}
+                "n": self.n, "batch_size": self.batch_size, "block": self.block}
 
     def load_state_dict(self, state: dict) -> None:
-        for key in ("world_size", "n", "batch_size"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"cannot resume: the saved state has {key}={state[key]}, this sampler "
+        for key in ("world_size", "n", "batch_size", "block"):
+            if state.get(key, 1 if key == "block" else None) != getattr(self, key):
+                raise ValueError(f"cannot resume: the saved state has {key}={state.get(key, 1)}, this sampler "
                                  f"{getattr(self, key)}; resume with the same data, batch size and world size")
         self.consumed = state["consumed"]
 
