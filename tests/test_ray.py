@@ -81,14 +81,16 @@ def test_unreachable_cluster_is_a_clear_error(mirror, tmp_path):
 # --- SPEC §6 on Ray: a task's fault fails its shard loudly; a killed driver resumes.
 
 
-def write_chartqa(root: Path, n: int, group: int = 20) -> Path:
-    """A ChartQA mirror of `n` train rows with distinct noise images, `group` rows a row group (a shard)."""
+def write_chartqa(root: Path, n: int, group: int = 20, bad: frozenset = frozenset()) -> Path:
+    """A ChartQA mirror of `n` train rows with distinct noise images, `group` rows a row group (a
+    shard); rows in `bad` have an empty label list (a bad record)."""
     def png(i: int) -> bytes:
         buf = io.BytesIO()
         Image.frombytes("RGB", (32, 32), random.Random(i).randbytes(32 * 32 * 3)).save(buf, "PNG")
         return buf.getvalue()
 
-    rows = [{"image": png(i), "query": f"q{i}?", "label": [str(i)], "human_or_machine": i % 2} for i in range(n)]
+    rows = [{"image": png(i), "query": f"q{i}?", "label": [] if i in bad else [str(i)], "human_or_machine": i % 2}
+            for i in range(n)]
     write_hub_parquet(root / "chartqa" / TRAIN, rows, chartqa.FEATURES, row_group_size=group)
     return root
 
@@ -98,9 +100,10 @@ def table(catalog_dir: Path, sql: str) -> list[tuple]:
         return cat.con.execute(sql).fetchall()
 
 
-def ray_ingest(mirror: Path, catalog_dir: Path, env: dict | None = None, **kw):
-    args = [*OCRCAT, "ingest", "chartqa", "--mirror", str(mirror), "--catalog", str(catalog_dir), "--ray", RAY]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, **kw)
+def ray_ingest(mirror: Path, catalog_dir: Path, env: dict | None = None, args: list[str] = (), **kw):
+    command = [*OCRCAT, "ingest", "chartqa", "--mirror", str(mirror), "--catalog", str(catalog_dir), "--ray", RAY,
+               *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, **kw)
 
 
 def test_a_failed_ray_task_fails_its_shard_loudly_and_the_rerun_resumes(tmp_path):
@@ -176,3 +179,18 @@ def test_kill_9_of_the_driver_mid_run_then_rerun_equals_uninterrupted(tmp_path):
     assert ray_ingest(mirror, clean).returncode == 0
     assert snapshot(catalog_dir) == snapshot(clean)  # rows and image files: the killed run's leftovers swept
     assert len(snapshot(clean)[0]) == 400
+
+
+def test_max_error_rate_on_ray_fails_the_split_and_keeps_the_old_rows(tmp_path):
+    good, catalog_dir = write_chartqa(tmp_path / "good", 60), tmp_path / "catalog"
+    assert ray_ingest(good, catalog_dir).returncode == 0
+    before = snapshot(catalog_dir)[0]
+    bad = write_chartqa(tmp_path / "bad", 60, bad=frozenset(range(0, 60, 5)))  # 12 of 60 records rejected
+    result = ray_ingest(bad, catalog_dir, args=["--max-error-rate", "0.1"])
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "12 of 60 records rejected (error rate 20.00%) is above --max-error-rate 10.00%" in " ".join(
+        result.stderr.split())
+    assert snapshot(catalog_dir)[0] == before  # the previous rows are unchanged
+    assert table(catalog_dir, "SELECT status FROM ingest_runs ORDER BY run_id DESC LIMIT 1") == [("failed",)]
+    assert ray_ingest(bad, catalog_dir, args=["--max-error-rate", "0.25"]).returncode == 0
+    assert len(snapshot(catalog_dir)[0]) == 48
