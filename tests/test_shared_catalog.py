@@ -17,6 +17,7 @@ import pytest
 
 from ocrcat.catalog import Catalog
 from ocrcat.catalog.objects import filesystem
+from ocrcat.catalog.snapshots import compact
 from ocrcat.ingest.runner import ingest
 from ocrcat.mix.embed import export_embedded
 from ocrcat.mix.export import export_mixture
@@ -150,14 +151,26 @@ def test_sweep_deletes_only_unreferenced_images_under_its_prefix(mirror, tmp_pat
             f.write(b"x")
     before = s3_objects(data)
     with Catalog(config) as cat:
-        from ocrcat.catalog.snapshots import compact
-
         result = compact(cat)
     after = s3_objects(data)
     assert result["images_swept"] == 1 and orphan not in after
     assert set(before) - set(after) == {orphan}
     for key in strangers:  # not named as ocrcat names images, or outside the prefix: untouched
         assert fs.get_file_info(key).type == pafs.FileType.File
+
+    # A run in progress (on another machine: only its `running` row is visible here) keeps objects
+    # written since it started, even those no row references yet; once it has ended they go.
+    late = f"images/chartqa/cd/{'cd' + '0' * 62}.png"
+    with Catalog(config) as cat:
+        cat.commit(lambda con: con.execute(
+            "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status) "
+            "VALUES (999, 'figureqa', 'train', 'x', '{}', now(), 'running')"), "a run elsewhere")
+        with fs.open_output_stream(f"{base}/{late}") as f:
+            f.write(b"x")
+        assert compact(cat)["images_swept"] == 0
+        cat.commit(lambda con: con.execute("UPDATE ingest_runs SET status = 'failed' WHERE run_id = 999"), "it ended")
+        assert compact(cat)["images_swept"] == 1
+    assert fs.get_file_info(f"{base}/{late}").type == pafs.FileType.NotFound
 
     # Write-once: storing an image that exists does not rewrite the object.
     image = next(k for k in after if k.startswith("images/chartqa/") and k.endswith(".png"))
@@ -173,3 +186,30 @@ def test_a_password_in_the_catalog_file_is_refused(tmp_path):
     result = subprocess.run([*OCRCAT, "stats", "--catalog", str(path)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "holds a password" in result.stderr and "PGPASSWORD" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_two_machines_ingesting_other_sources_at_once_equal_the_sequential_result(mirror, local_catalog, tmp_path):
+    """Two writers with separate work folders (so no shared lock file: as on two machines) commit to one
+    shared catalog at the same time; DuckLake's conflict detection and Catalog.commit's retry order them."""
+    config, data = shared_catalog(tmp_path)
+    text = config.read_text()
+    machines = []
+    for name in ("a", "b"):
+        path = tmp_path / f"machine-{name}.toml"
+        path.write_text(text.replace(str(tmp_path / "work"), str(tmp_path / f"work-{name}")))
+        machines.append(path)
+    with Catalog(machines[0]):
+        pass  # the lake exists before both start (its creation is not what is raced here)
+    running = [subprocess.Popen([*OCRCAT, "ingest", source, "--mirror", str(mirror), "--catalog", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for source, path in zip(["chartqa", "figureqa"], machines)]
+    for proc in running:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out + err
+    with Catalog(local_catalog, read_only=True) as cat:
+        expected = cat.con.execute("SELECT * EXCLUDE (ingest_run) FROM samples WHERE source IN ('chartqa', 'figureqa') "
+                                   "ORDER BY sample_id").fetchall()
+    assert rows(config) == expected
+    with Catalog(config, read_only=True) as cat:
+        assert cat.con.execute("SELECT source, status FROM ingest_runs WHERE split = 'train' ORDER BY 1").fetchall() \
+            == [("chartqa", "completed"), ("figureqa", "completed")]

@@ -312,7 +312,9 @@ class ObjectImageStore(ImageStore):
         infos = self.fs.get_file_info(pafs.FileSelector(f"{self.base}/images", allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
-    def sweep(self, source: str, keep: set[str]) -> int:
+    def sweep(self, source: str, keep: set[str], newer_kept=None) -> int:
+        """Delete this source's unreferenced objects; `newer_kept` (epoch seconds): keep every object
+        modified since (another machine's run may not have committed its rows yet)."""
         import pyarrow.fs as pafs
 
         folder = f"{self.base}/images/{source}"
@@ -326,6 +328,8 @@ class ObjectImageStore(ImageStore):
             match = _OURS.fullmatch(parts[3])
             if not match or match["sha"][:2] != parts[2] or rel in keep:
                 continue  # not a key ocrcat wrote, or still referenced
+            if newer_kept is not None and info.mtime is not None and info.mtime.timestamp() >= newer_kept:
+                continue  # perhaps a running ingest's, on another machine
             self.fs.delete_file(info.path)
             removed += 1
         return removed

@@ -12,7 +12,7 @@ import fcntl
 import json
 
 from ocrcat.catalog.schema import TABLES
-from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError
+from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError, retry_lost_races
 
 METADATA = f"__ducklake_metadata_{LAKE}"  # DuckLake's own tables, in catalog.sqlite
 
@@ -166,7 +166,15 @@ def sweep_images(catalog: Catalog, source: str | None = None) -> int:
     if not sources:
         return 0
     keep = referenced_images(catalog, source)
-    return sum(catalog.images.sweep(s, keep) for s in sources)
+    if not catalog.shared:
+        return sum(catalog.images.sweep(s, keep) for s in sources)
+    # Shared: a run on another machine stores images before its rows commit, and its lock is not
+    # visible here; its `running` row is. Objects written since the oldest running run started
+    # (less a margin for clock skew) are kept. A killed run that is never resumed holds this back.
+    since = catalog.con.execute(  # started_at is a local TIMESTAMP: as epoch seconds, less 10 minutes
+        "SELECT epoch(min(started_at) AT TIME ZONE current_setting('TimeZone')) - 600 FROM ingest_runs "
+        "WHERE status = 'running'").fetchone()[0]
+    return sum(catalog.images.sweep(s, keep, newer_kept=since) for s in sources)
 
 
 def compact(catalog: Catalog, *, older_than_snapshot: int | None = None) -> dict:
@@ -194,9 +202,15 @@ def compact(catalog: Catalog, *, older_than_snapshot: int | None = None) -> dict
             catalog.commit(lambda con: con.execute(f"SELECT count(*) FROM {function}('{LAKE}')").fetchall(),
                            "compact", locked=True, kind="compact")
         if expire:
-            con.execute(f"SELECT count(*) FROM ducklake_expire_snapshots('{LAKE}', versions => ?)", [expire]).fetchall()
-        con.execute(f"SELECT count(*) FROM ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)").fetchall()
-        con.execute(f"SELECT count(*) FROM ducklake_delete_orphaned_files('{LAKE}', cleanup_all => true)").fetchall()
+            retry_lost_races(lambda: con.execute(
+                f"SELECT count(*) FROM ducklake_expire_snapshots('{LAKE}', versions => ?)", [expire]).fetchall())
+        retry_lost_races(lambda: con.execute(
+            f"SELECT count(*) FROM ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)").fetchall())
+        # A file no snapshot lists may be another machine's commit in flight when the catalog is
+        # shared (the commit lock is per machine): there, only files a day old are orphans.
+        orphans = "older_than => now() - INTERVAL 1 DAY" if catalog.shared else "cleanup_all => true"
+        retry_lost_races(lambda: con.execute(
+            f"SELECT count(*) FROM ducklake_delete_orphaned_files('{LAKE}', {orphans})").fetchall())
         swept = sweep_images(catalog)
     return {"expired_snapshots": len(expire), "data_files_before": files_before,
             "data_files_after": _file_count(catalog), "images_swept": swept}

@@ -39,11 +39,15 @@ import os
 import random
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
 import duckdb
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from ocrcat import vision
 from ocrcat.catalog import extensions
@@ -349,4 +353,18 @@ def _rollback(con: duckdb.DuckDBPyConnection) -> None:
 def _lost_race(exc: duckdb.Error) -> bool:
     """A commit that failed only because another writer committed first: worth running again."""
     text = str(exc).lower()
-    return "database is locked" in text or "conflict" in text
+    # SQLite: "database is locked"; DuckLake: "conflict"; PostgreSQL (shared catalogs): a
+    # serialization failure when another machine's commit touched the same metadata rows.
+    return any(s in text for s in ("database is locked", "conflict", "could not serialize", "deadlock detected"))
+
+
+def retry_lost_races(work: Callable[[], T]) -> T:
+    """Run `work()` (a maintenance call outside `Catalog.commit`) again while it loses races."""
+    for attempt in range(COMMIT_RETRIES):
+        try:
+            return work()
+        except duckdb.Error as exc:
+            if not _lost_race(exc) or attempt == COMMIT_RETRIES - 1:
+                raise
+        time.sleep(min(5.0, 0.05 * 1.5 ** attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
