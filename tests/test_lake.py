@@ -296,3 +296,19 @@ def test_read_only_sql_reads_the_lake_files_and_changes_none(sample_mirror_facto
     with Catalog(catalog_dir, read_only=True) as cat:
         assert cat.con.execute("SELECT count(*) FROM samples").fetchone()[0] == 30
         assert cat.con.execute("SELECT count(*) FROM lake.snapshots()").fetchone()[0] == snapshots
+
+
+def test_seen_ids_find_repeats_above_2_63_and_after_merges():
+    """The runner's duplicate check (8 bytes an id, so the writer's memory stays flat)."""
+    import numpy as np
+
+    from ocrcat.ingest.runner import SeenIds
+
+    seen = SeenIds(np.array([2**64 - 1, 5, 2**63], dtype=np.uint64))
+    assert seen.known(np.array([5, 6, 2**63, 2**64 - 1, 0], dtype=np.uint64)).tolist() == [True, False, True, True, False]
+    for i in range(3 * SeenIds.MERGE_AT):
+        seen.add(np.array([1000 + 2 * i, 1001 + 2 * i], dtype=np.uint64))
+    assert len(seen.chunks) <= SeenIds.MERGE_AT + 1
+    probe = np.array([1000, 1001 + 2 * (3 * SeenIds.MERGE_AT - 1), 999, 7], dtype=np.uint64)
+    assert seen.known(probe).tolist() == [True, True, False, False]
+    assert SeenIds().known(np.array([1], dtype=np.uint64)).tolist() == [False]

@@ -61,6 +61,7 @@ LEGACY_NAME = "catalog.duckdb"  # the single-file catalog of the first version; 
 LAKE = "lake"  # the name the lake is attached under
 AUTHOR = "ocrcat"
 COMMIT_RETRIES = 20
+PARQUET_OPTIONS = {"parquet_row_group_size": "8192"}
 
 T = TypeVar("T")
 
@@ -209,6 +210,11 @@ class Catalog:
         def create(con):
             for statement in DDL:
                 con.execute(statement)
+            # A Parquet writer holds a whole row group in memory before writing it: DuckDB's default
+            # (122 880 rows) would make the writer's memory grow with a split's size up to there
+            # (600 MB of DocBank transcripts); 8192-row groups keep it flat.
+            for option, value in PARQUET_OPTIONS.items():
+                con.execute(f"CALL {LAKE}.set_option(?, ?)", [option, value])
             if "catalog_info" not in present:
                 con.executemany("INSERT INTO catalog_info VALUES (?, ?)",
                                 [["vision_mode", mode], ["schema_version", str(SCHEMA_VERSION)]])

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import numpy as np
 import pyarrow as pa
 
 from ocrcat import vision
@@ -328,7 +329,7 @@ def _ingest_split(
 
 
 def _land_in_batches(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                     results: Iterator[list[ShardResult]], summary: RunSummary, seen: set[int],
+                     results: Iterator[list[ShardResult]], summary: RunSummary, seen: SeenIds,
                      progress: Progress) -> None:
     """Commit finished shards in batches (COMMIT_RECORDS / COMMIT_SECONDS). When a later shard
     fails, the shards already finished are committed first, so a rerun resumes after them."""
@@ -360,7 +361,7 @@ def _land_in_batches(catalog: Catalog, source: str, split: str, fingerprint: str
 
 
 def _land_shards(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int,
-                 batch: list[ShardResult], summary: RunSummary, seen: set[int]) -> None:
+                 batch: list[ShardResult], summary: RunSummary, seen: SeenIds) -> None:
     """Commit finished shards and count them; a catalog write error fails the run."""
     try:
         _commit_shards(catalog, source, split, fingerprint, run_id, batch, seen)
@@ -430,28 +431,59 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
     return run_id, done
 
 
-def _pending_ids(con, source: str, split: str) -> set[int]:
-    """Sample ids this run (with the runs it resumes) has written so far: the duplicate check."""
-    return {sid for (sid,) in con.execute(
-        "SELECT sample_id FROM samples_pending WHERE source = ? AND split = ?", [source, split]).fetchall()}
+class SeenIds:
+    """Sample ids this run (with the runs it resumes) has written so far: the duplicate check.
+
+    Sorted uint64 arrays, 8 bytes an id (a Python set of ints costs ~70, which made the writer's
+    memory grow with the split); each commit adds one array, and every few commits they are merged,
+    so a lookup searches a handful of arrays.
+    """
+
+    MERGE_AT = 8
+
+    def __init__(self, ids: np.ndarray | None = None):
+        self.chunks = [np.sort(ids.astype(np.uint64))] if ids is not None and len(ids) else []
+
+    def known(self, ids: np.ndarray) -> np.ndarray:
+        """A boolean mask: which of `ids` were written already."""
+        mask = np.zeros(len(ids), dtype=bool)
+        for chunk in self.chunks:
+            at = np.searchsorted(chunk, ids).clip(max=len(chunk) - 1)
+            mask |= chunk[at] == ids
+        return mask
+
+    def add(self, ids: np.ndarray) -> None:
+        if len(ids):
+            self.chunks.append(np.sort(ids))
+        if len(self.chunks) > self.MERGE_AT:
+            self.chunks = [np.sort(np.concatenate(self.chunks))]
+
+
+def _pending_ids(con, source: str, split: str) -> SeenIds:
+    """The ids the unfinished run(s) of this split have written (read as one array, not row by row)."""
+    ids = con.execute("SELECT sample_id FROM samples_pending WHERE source = ? AND split = ?",
+                      [source, split]).fetchnumpy()["sample_id"]
+    return SeenIds(np.asarray(ids, dtype=np.uint64))
 
 
 def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int, batch: list[ShardResult],
-                   seen: set[int]) -> None:
+                   seen: SeenIds) -> None:
     """Write shards' rows (pending until the run commits), errors and done-marks in one transaction.
 
     Several shards that finished together share a commit (the main process keeps up with the
     workers; each shard is still all or nothing). Fills each result's `landed` and `rejected`.
     A key seen twice (in this batch, or in an earlier shard of this run: `seen`, updated once the
-    commit succeeded) is an error row; the first one is kept. The check is a set in memory rather
-    than a join per shard (~80 bytes a row in the main process).
+    commit succeeded) is an error row; the first one is kept. The check is in memory rather than a
+    join per commit (SeenIds: 8 bytes an id in the main process).
     """
     rows, errors, marks, ids = [], [], [], set()
+    earlier = iter(seen.known(np.fromiter((r["sample_id"] for result in batch for r in result.rows),
+                                          dtype=np.uint64)))
     for result in batch:
         result_errors, landed = list(result.errors), 0
         for row in result.rows:
             sid = row["sample_id"]
-            if sid in ids or sid in seen:
+            if next(earlier) or sid in ids:
                 result_errors.append(Rejected(row["source_key"], "insert",
                                               "duplicate source_key: an earlier record had it; first kept"))
                 continue
@@ -479,7 +511,7 @@ def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, 
 
     first = batch[0].shard_key + (f" (+{len(batch) - 1} more)" if len(batch) > 1 else "")
     catalog.commit(write, f"ingest {source}/{split}: shards {first} (run {run_id})", kind="shard", run_id=run_id)
-    seen |= ids
+    seen.add(np.fromiter(ids, dtype=np.uint64, count=len(ids)))
 
 
 def _commit_run(catalog: Catalog, source: str, split: str, fingerprint: str, summary: RunSummary) -> None:
