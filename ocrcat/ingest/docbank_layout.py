@@ -234,7 +234,8 @@ def transcript(tokens: list[Token], *, first_page: bool = True) -> Transcript:
     line_height = median(heights)
     # The usual step from one line to the next: on a double-spaced page it is far more than a
     # line's height, and lines that step so are still one paragraph.
-    steps = [b.y0 - a.y0 for a, b in zip(lines, lines[1:]) if a.column == b.column and 0 < b.y0 - a.y0 <= 3 * line_height]
+    steps = [b.y0 - a.y0 for a, b in zip(lines, lines[1:])
+             if a.column == b.column and 0 < b.y0 - a.y0 <= 3 * line_height]
     pitch = median(steps) if steps else line_height
     right_edge = {c: max(ln.x1 for ln in lines if ln.column == c) for c in {ln.column for ln in lines}}
     left_edge = {c: min(ln.x0 for ln in lines if ln.column == c) for c in {ln.column for ln in lines}}

@@ -156,11 +156,11 @@ def plan(root: Path, split: str, options: dict) -> list[Shard]:
                 index = _member_index(root, config, HUB_SPLIT[split]) if index is None else index
                 tarball = index.get(_member(row))
             groups.setdefault(tarball or "", []).append(i)
-        for tarball, rows in sorted(groups.items()):
+        for tarball, indices in sorted(groups.items()):
             label = Path(tarball).name if tarball else "no-tarball"
-            shards.append(Shard(f"{rel}:{label}", len(rows),
-                                {"path": str(path), "file": rel, "config": config, "tarball": tarball or None, "rows": rows,
-                                 "split": HUB_SPLIT[split]}))
+            shards.append(Shard(f"{rel}:{label}", len(indices),
+                                {"path": str(path), "file": rel, "config": config, "split": HUB_SPLIT[split],
+                                 "tarball": tarball or None, "rows": indices}))
     return shards
 
 
@@ -223,7 +223,7 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
             yield Rejected(key, "read", f"tarball of pdf_relpath {relpath!r} is not in the mirror's pdf_tarballs/")
         elif p["tarball"] is None:
             yield Rejected(key, "read", f"{member} (the row's id + .pdf; it has no pdf_relpath) is in none of the "
-                                        f"tarballs for {p['config']} {p.get('split', '')} in the mirror's pdf_tarballs/")
+                                        f"tarballs for {p['config']} {p['split']} in the mirror's pdf_tarballs/")
         else:
             pending.setdefault(member, []).append((key, row))
     if pending:

@@ -204,7 +204,7 @@ def chart_table(text: str) -> tuple[str, dict]:
     # no labels); flagged so that a mixture can leave such charts out.
     if not horizontal and len(categories) > 1 and categories == [str(i) for i in range(len(categories))]:
         meta["x_index"] = True
-    colours = [(item.get("color") or item.get("colors"))[0] for item in series if item.get("color") or item.get("colors")]
+    colours = [colour[0] for item in series if (colour := item.get("color") or item.get("colors"))]
     if colours:
         meta["colors"] = colours
     return "\n".join(lines), meta
@@ -266,15 +266,15 @@ def chart_tags(chart: synth.SeriesChart, boxes: list[list[tuple]], *, closed: bo
     items = []
     for (name, values, colour), marks in zip(chart.series, boxes):
         numbers = "<sep/>".join(f"{v:g}" for v in values)
-        labels = [str(i) for i in range(len(chart.categories))] if x_index and chart.kind in ("line", "dot_line") \
-            else chart.categories
-        categories = "<sep/>".join(labels)
+        indices = x_index and chart.kind in ("line", "dot_line")
+        categories = "<sep/>".join(map(str, range(len(chart.categories))) if indices else chart.categories)
         x, y = (numbers, categories) if chart.kind == "hbar" else (categories, numbers)
         boxes_text = "<sep/>".join(f"<s_y>{b[1]:g}</s_y><s_x>{b[0]:g}</s_x><s_w>{b[2]:g}</s_w><s_h>{b[3]:g}</s_h>"
                                    for b in marks)
         if chart.kind in ("vbar", "hbar"):
-            legend = f"<s_width>{0.8 / len(chart.series):.2g}</s_width><s_name>{name}</s_name><s_labels>{name}</s_labels>" \
-                     f"<s_colors>{colour}</s_colors>"
+            width = f"{0.8 / len(chart.series):.2g}"
+            legend = (f"<s_width>{width}</s_width><s_name>{name}</s_name><s_labels>{name}</s_labels>"
+                      f"<s_colors>{colour}</s_colors>")
         else:
             legend = f"<s_name>{name}</s_name><s_label>{name}</s_label><s_color>{colour}</s_color>"
         items.append(f"<s_y>{y}</s_y><s_x>{x}</s_x>{legend}<s_bboxes>{boxes_text}</s_bboxes>")
