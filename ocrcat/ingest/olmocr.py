@@ -107,7 +107,7 @@ def _candidates(root: Path, config: str, hub_split: str) -> list[Path]:
     return own or [p for p in tarballs if not _NAMED.match(p.name)]
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=4096)  # every tarball of a release: splits share them
 def _members(path: str, size: int, mtime_ns: int) -> frozenset[str]:
     """Names of the files in a tarball (streamed once; cached while the file is unchanged)."""
     try:
