@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from statistics import median
 from typing import NamedTuple
 
@@ -42,26 +43,29 @@ class Token:
 
 @dataclass
 class Line:
+    """A printed line (or a column's part of one); its tokens are fixed once made, so the box and
+    label are computed once."""
+
     tokens: list[Token] = field(default_factory=list)
     column: str = "full"  # full | left | right
 
-    @property
+    @cached_property
     def x0(self) -> int:
         return min(t.x0 for t in self.tokens)
 
-    @property
+    @cached_property
     def x1(self) -> int:
         return max(t.x1 for t in self.tokens)
 
-    @property
+    @cached_property
     def y0(self) -> int:
         return min(t.y0 for t in self.tokens)
 
-    @property
+    @cached_property
     def y1(self) -> int:
         return max(t.y1 for t in self.tokens)
 
-    @property
+    @cached_property
     def label(self) -> str:
         # The label most of the line's characters carry: an inline formula inside a paragraph
         # line does not split the paragraph.
@@ -279,9 +283,10 @@ def _continues(block: list[Line], line: Line, label: str, line_height: float, pi
         return False  # back at the left edge after an indented continuation: the next entry
     # Paragraphs set without space between them are told apart by the first line's indent,
     # measured against the block's own left edge in this column.
-    same = [ln.x0 for ln in block if ln.column == line.column]
-    edge = min(same) if same else left_edge[line.column]
-    return not (label in INDENTED_LABELS and _indented(line.x0 - edge))
+    if label not in INDENTED_LABELS:
+        return True
+    edge = min((ln.x0 for ln in block if ln.column == line.column), default=left_edge[line.column])
+    return not _indented(line.x0 - edge)
 
 
 def _indented(offset: float) -> bool:
