@@ -137,9 +137,9 @@ class Tokenizer:
             ids += self.encode(answer) + [self.assistant_end_id]
             return ids, positions, [i >= cut for i in range(len(ids))]
         ids, positions = self.render_vision_pretraining(text, response, image_token_counts)
-        # The prompt as the plain layout writes it: the text, or a transcription row's placeholders
-        # (and the newline after them).
-        head = text if response is not None else text[:len(text) - len(answer)]
+        # The prompt as the plain layout writes it: the text and the joining newline, or a
+        # transcription row's placeholders and the newline after them.
+        head = text + "\n" if response is not None else text[:len(text) - len(answer)]
         prefix: list[int] = [self.bos_id]
         self._extend_with_images(prefix, head, image_token_counts, [])
         cut = 0
