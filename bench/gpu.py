@@ -82,7 +82,8 @@ class TinyVLM(nn.Module):
                 raise ValueError(f"{int(mask.sum())} image tokens in input_ids but {vision.shape[0]} images "
                                  f"of {vision.shape[1]} tokens")
             x = x.masked_scatter(mask.unsqueeze(-1), vision.reshape(-1, vision.shape[-1]).to(x.dtype))
-        causal = nn.Transformer.generate_square_subsequent_mask(input_ids.shape[1], device=x.device, dtype=x.dtype)
+        T = input_ids.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # bool: valid under any autocast dtype
         logits = self.head(self.blocks(x, mask=causal, is_causal=True)).float()
         return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-1)
 

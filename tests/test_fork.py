@@ -4,6 +4,7 @@ in Base mode, with the keys, shapes and dtypes its model reads; and bench/gpu.py
 from __future__ import annotations
 
 import importlib.util
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,28 @@ def test_media_batches_have_what_the_forks_model_reads(base_export, layout, loss
     # bf16 on the device, the dtype the fork trains in
     _, _, media = VisionCollator(tok)([ds[i] for i in range(4)]).as_media("cpu")
     assert media["pixel_values"].dtype == torch.bfloat16
+
+
+def test_bf16_autocast_path_of_the_gpu_bench_runs_on_the_cpu(base_export):
+    """What bench/gpu.py does on CUDA (bf16 pixels from the device step vs float32 from the CPU,
+    bf16 autocast), with CPU autocast: the dtypes fit and both give the same loss."""
+    ds = MixtureDataset(base_export, layout="chat")
+    vision = [i for i in range(len(ds)) if ds.row(i)["kind"] == "vision"][:2]
+    text = [i for i in range(len(ds)) if ds.row(i)["kind"] == "text"][:1]
+    batch = VisionCollator(ds.tokenizer)([ds[i] for i in vision + text])
+    bench = _load_bench()
+    torch.manual_seed(0)
+    model = bench.TinyVLM(ds.tokenizer.vocab_size, ds.tokenizer.image_token_id, dim=32, layers=1, heads=2)
+    inputs, targets, media = batch.as_media("cpu", torch.bfloat16)
+    peer = bench.peer_pixels(batch, pin=False)
+    assert media["pixel_values"].dtype == torch.bfloat16 and peer.dtype == torch.float32
+    losses = []
+    for pixels in (media["pixel_values"], peer):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=inputs, targets=targets, pixel_values=pixels)
+        loss.backward()
+        losses.append(float(loss.detach()))
+    assert all(map(math.isfinite, losses)) and losses[0] == pytest.approx(losses[1], abs=1e-3)
 
 
 def test_a_batch_without_images_gives_none(base_export):
