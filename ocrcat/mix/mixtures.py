@@ -35,6 +35,7 @@ from pathlib import Path
 import duckdb
 
 from ocrcat.catalog import Catalog, CatalogError
+from ocrcat.catalog.sqltext import bind_json_arrows
 
 TEXT_COMPONENT = "text"  # the component name of the rows drawn for the text share
 DEFAULT_TEXT_PREDICATE = "kind = 'text'"
@@ -124,8 +125,8 @@ def _predicate_rows(con: duckdb.DuckDBPyConnection, predicate: str, where: str) 
     """Rows of `samples` a predicate matches. It must parse as one SQL expression on its own, so
     that it cannot close the WHERE clause it is pasted into (no `) UNION …`, no `; DROP …`)."""
     try:
-        duckdb.SQLExpression(predicate)
-        return con.execute(f"SELECT count(*) FROM samples WHERE ({predicate}\n)").fetchone()[0]
+        duckdb.SQLExpression(bind_json_arrows(predicate))
+        return con.execute(f"SELECT count(*) FROM samples WHERE ({bind_json_arrows(predicate)}\n)").fetchone()[0]
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
         raise MixtureError(
@@ -157,9 +158,9 @@ def validate(catalog: Catalog, definition: dict) -> dict[str, int]:
 
 def _components(definition: dict) -> list[tuple[str, str, float | None]]:
     """(name, predicate, weight) of every component; the text share has weight None."""
-    comps = [(c["name"], c["predicate"], c["weight"]) for c in definition["components"]]
+    comps = [(c["name"], bind_json_arrows(c["predicate"]), c["weight"]) for c in definition["components"]]
     if definition["text_share"]:
-        comps.append((TEXT_COMPONENT, definition["text_predicate"] or DEFAULT_TEXT_PREDICATE, None))
+        comps.append((TEXT_COMPONENT, bind_json_arrows(definition["text_predicate"] or DEFAULT_TEXT_PREDICATE), None))
     return comps
 
 
@@ -243,7 +244,7 @@ def check_split(catalog: Catalog, definition: dict, split: str | None) -> None:
     check_split_name(split)
     if split is None or not definition["text_share"]:
         return
-    predicate = definition["text_predicate"] or DEFAULT_TEXT_PREDICATE
+    predicate = bind_json_arrows(definition["text_predicate"] or DEFAULT_TEXT_PREDICATE)
     n = catalog.con.execute(f"SELECT count(*) FROM samples WHERE ({predicate}\n) AND split = ?", [split]).fetchone()[0]
     if n == 0:
         raise MixtureError(f"mixture {definition['name']} wants a {definition['text_share']:.0%} text share but "

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ocrcat.catalog import Catalog, resolve_dir
+from ocrcat.catalog.sqltext import bind_json_arrows
 from ocrcat.mix.mixtures import PLAN_ORDER, check_split, entries_sql, get_mixture
 from ocrcat.mix.tokenizer import TRANSCRIBE_PROMPT, vision_turns
 
@@ -110,7 +111,7 @@ class CatalogTask(Task):
                 query = f"SELECT sample_id FROM ({entries_sql(definition, split)}) ORDER BY {PLAN_ORDER}"
                 params = []
             else:
-                query = f"SELECT sample_id FROM samples WHERE ({where}\n)" + (" AND split = ?" if split else "") \
+                query = f"SELECT sample_id FROM samples WHERE ({bind_json_arrows(where)}\n)" + (" AND split = ?" if split else "") \
                     + " ORDER BY sample_id"
                 params = [split] if split else []
             self.ids = cat.con.execute(query, params).fetchnumpy()["sample_id"].astype(np.uint64)
