@@ -37,6 +37,8 @@ ocrcat export stage2 --out "$DEMO/export" --split train
 ocrcat export stage2 --out "$DEMO/export-jsonl" --format jsonl --relative-paths
 head -c 400 "$DEMO/export-jsonl/stage2.all.jsonl"; echo
 python -c "from ocrcat.mix.tasks import ChartQA, SmolTalk; t = ChartQA(split='train'); print(len(t), t[0]); print(SmolTalk(split='train')[0])"
+# The same rows as conversations in the nano-DeepSeek-OCR fork's shape (README: Training with nanochat / the nano-dsocr fork)
+python -c "from ocrcat.mix.tasks import DocBank; e = DocBank(split='train', format='chat')[0]; print(e['messages'][0], repr(e['messages'][1]['content'][:60]), e['images'])"
 # Training path: the DataLoader a nanochat script builds over the stage2 export (written to
 # $DEMO/export by `ocrcat export` above), and the shapes of one batch.
 python - "$DEMO/export" <<'PY'
