@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, sample_id
-from ocrcat.catalog.validate import validate
+from ocrcat.inspection.validate import validate
 from ocrcat.ingest.mirror import write_sample_mirror
 from ocrcat.ingest.runner import ingest
 

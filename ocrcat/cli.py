@@ -6,6 +6,7 @@ import csv
 import datetime
 import decimal
 import json
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -17,11 +18,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, CatalogError
 from ocrcat.catalog.sqltext import bind_json_arrows
-from ocrcat.catalog.stats import catalog_stats
+from ocrcat.inspection.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
 from ocrcat.ingest.base import MirrorError
 from ocrcat.ingest.limits import Limits
@@ -34,8 +36,10 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
+# Values from the data are printed as they are: no Rich markup (`[/]`, `\sqrt[n]{x}`), no emoji
+# codes (`:x:`); styled words are Text objects built in code (error, warning).
+console = Console(markup=False, emoji=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False, highlight=False)
 
 CatalogOpt = Annotated[
     Optional[Path],
@@ -50,8 +54,30 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (CatalogError, MirrorError, ValueError, ConnectionError, duckdb.Error) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        error(str(exc))
         raise typer.Exit(2) from None
+
+
+# C0 controls but the newline, DEL, C1 controls and the bidi overrides, which reorder what follows.
+_HIDDEN = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(value: str) -> str:
+    """`value` with control characters shown: C0 as their Unicode pictures (TAB as ␉, ESC as ␛),
+    the others as <U+XXXX>. Newlines stay line breaks. Backslashes stay as they are (LaTeX)."""
+    def show(m: re.Match) -> str:
+        c = ord(m.group())
+        return chr(0x2400 + c) if c < 0x20 else "\u2421" if c == 0x7F else f"<U+{c:04X}>"
+
+    return _HIDDEN.sub(show, value)
+
+
+def error(message: str) -> None:
+    err.print(Text.assemble(("error:", "bold red"), " ", visible(message)))
+
+
+def warning(message: str) -> None:
+    err.print(Text.assemble(("warning:", "yellow"), " ", visible(message)))
 
 
 def _json_default(value):
@@ -69,11 +95,11 @@ def print_json(value) -> None:
 
 
 def print_table(columns: list[str], rows: list[tuple], title: str | None = None) -> None:
-    table = Table(title=title)
+    table = Table(title=None if title is None else visible(title))
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(visible(str(column)), overflow="fold")
     for row in rows:
-        table.add_row(*("NULL" if v is None else str(v) for v in row))
+        table.add_row(*("NULL" if v is None else visible(str(v)) for v in row))
     console.print(table)
 
 
@@ -230,7 +256,7 @@ def ingest(
                                             workers=workers, options=options, progress=RichProgress(),
                                             max_error_rate=max_error_rate, limits=limits)
                 except KeyboardInterrupt as exc:
-                    err.print("[yellow]interrupted[/]: rerun the same command to resume where it stopped")
+                    err.print(Text.assemble(("interrupted", "yellow"), ": rerun the same command to resume where it stopped"))
                     raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
                 except IngestFailed as exc:
                     failure = exc
@@ -244,13 +270,13 @@ def ingest(
         )
     for s in summaries:
         if s.warning:
-            err.print(f"[yellow]warning:[/] {s.warning}", highlight=False)
+            warning(s.warning)
     errors = sum(s.errors for s in summaries)
     if errors:
         console.print(f"{errors} records rejected: see them with "
                       "ocrcat sql \"SELECT * FROM ingest_errors ORDER BY run_id DESC LIMIT 20\"")
     if failure is not None:
-        err.print(f"[bold red]ingest failed:[/] {failure}", highlight=False)
+        err.print(Text.assemble(("ingest failed:", "bold red"), " ", visible(str(failure))))
         raise typer.Exit(1)
 
 
@@ -272,31 +298,39 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SQL to run against the catalog")],
-    write: Annotated[bool, typer.Option("--write", help="allow statements that change the catalog")] = False,
+    write: Annotated[bool, typer.Option("--write", help="run any statement: change the catalog, write files")] = False,
+    allow: Annotated[Optional[list[str]], typer.Option("--allow", metavar="PATH", help="a file or folder outside "
+                                                       "the catalog the query may read; repeatable")] = None,
     as_json: JsonOpt = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="print CSV instead of a table")] = False,
     catalog: CatalogOpt = None,
 ) -> None:
-    """Run SQL against the catalog (read-only unless --write).
+    """Run SQL against the catalog. Without --write it cannot change anything anywhere.
 
-    Example: ocrcat sql "SELECT source, split, count(*) FROM samples GROUP BY ALL" --json
+    Without --write: queries only (SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE); the
+    catalog opened read-only; no file read except the catalog and the paths given with --allow;
+    no file written (COPY TO, EXPORT), no ATTACH, INSTALL, LOAD or SET. Anything else is refused
+    with exit status 2 before it runs. With --write any statement runs, with your rights.
+
+    Example: ocrcat sql "SELECT count(*) FROM 'exports/stage2/*.parquet'" --allow exports/stage2
     """
-    with user_errors(), Catalog(catalog, read_only=not write) as cat:
-        try:
-            result = cat.con.execute(bind_json_arrows(query))
-        except duckdb.Error as exc:
-            if "read-only" in str(exc):
-                raise CatalogError(
-                    "ocrcat sql opens the catalog read-only, so this statement was refused and nothing "
-                    "changed; pass --write if you really mean to modify the catalog"
-                ) from None
-            raise
-        columns = [d[0] for d in result.description] if result.description else []
-        rows = result.fetchall() if columns else []
+    from ocrcat.inspection.query import QueryResult, read_only_query
+
+    with user_errors():
+        if write:
+            if allow:
+                raise ValueError("--allow is for queries without --write (with --write every file is reachable)")
+            with Catalog(catalog) as cat:
+                result = cat.con.execute(bind_json_arrows(query))  # None for an empty query
+                columns = [d[0] for d in result.description] if result is not None and result.description else []
+                answer = QueryResult(columns, result.fetchall() if columns else [])
+        else:
+            answer = read_only_query(catalog, query, allow or [])
+    columns, rows = answer.columns, answer.rows
     if as_json:
         print_json([dict(zip(columns, r)) for r in rows])
     elif as_csv:
-        out = csv.writer(sys.stdout)
+        out = csv.writer(sys.stdout, lineterminator="\n")  # Unix tools expect \n (RFC 4180 allows it)
         out.writerow(columns)
         out.writerows(rows)
     elif columns:
@@ -317,8 +351,8 @@ def stats(
 
     Example: ocrcat stats --tokenizer byte --plot stats-png/ --json
     """
-    from ocrcat.catalog.plots import write_plots
-    from ocrcat.catalog.stats import MEASURES, TOKEN_MEASURES, source_stats
+    from ocrcat.inspection.plots import write_plots
+    from ocrcat.inspection.stats import MEASURES, TOKEN_MEASURES, source_stats
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         tok = _load_tokenizer(tokenizer)
@@ -379,7 +413,7 @@ def validate(
 
     Example: ocrcat validate --deep --source chartqa
     """
-    from ocrcat.catalog.validate import CHECKS, validate as run_validate
+    from ocrcat.inspection.validate import CHECKS, validate as run_validate
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         results = run_validate(cat, source, deep=deep)
@@ -416,10 +450,10 @@ def report(
 
     Example: ocrcat report --out report.html --seed 3 --per-source 8
     """
-    from ocrcat.catalog.report import build_report
+    from ocrcat.inspection.report import build_report
 
     if per_source < 0:
-        err.print("[bold red]error:[/] --per-source must be 0 or more")
+        error("--per-source must be 0 or more")
         raise typer.Exit(2)
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         path = build_report(cat, out, seed=seed, per_source=per_source, tokenizer=_load_tokenizer(tokenizer))
@@ -439,7 +473,7 @@ def show(
 
     Example: ocrcat show 4186833955207072339 --open --to /tmp/look
     """
-    from ocrcat.catalog.show import parse_sample_id, sample_facts, write_quick_look
+    from ocrcat.inspection.show import parse_sample_id, sample_facts, write_quick_look
 
     with user_errors(), Catalog(catalog, read_only=True) as cat:
         facts = sample_facts(cat, parse_sample_id(sample), _load_tokenizer(tokenizer))
@@ -453,13 +487,13 @@ def show(
         for key, value in facts.items():
             if key not in ("sample_id",):
                 shown = json.dumps(value, ensure_ascii=False, default=_json_default) if isinstance(value, (dict, list)) else value
-                table.add_row(key, "NULL" if shown is None else str(shown))
+                table.add_row(key, "NULL" if shown is None else visible(str(shown)))
         console.print(table)
         for path in written:
             console.print(f"wrote {path}")
     image = facts.get("image")
     if image and image["problem"]:
-        err.print(f"[yellow]warning:[/] {image['problem']} (run ocrcat validate)")
+        warning(f"{image['problem']} (run ocrcat validate)")
 
 
 mix_app = typer.Typer(
@@ -529,7 +563,7 @@ def mix_show(
     )
     width = max(len(c["name"]) for c in d["components"])
     for c in d["components"]:  # predicates below the table: long SQL would squeeze the numbers
-        console.print(f"  {c['name']:{width}}  {c['predicate']}", highlight=False)
+        console.print(f"  {c['name']:{width}}  {visible(c['predicate'])}")
     console.print(f"{d['total']} plan positions; query them as the view {d['view']}")
 
 
@@ -569,7 +603,7 @@ def mix_load(
     from ocrcat.mix.mixtures import load_toml
 
     if (file is None) == (not preset):
-        err.print("[bold red]error:[/] give a TOML file or --preset (not both)")
+        error("give a TOML file or --preset (not both)")
         raise typer.Exit(2)
     with user_errors(), Catalog(catalog) as cat:
         loaded = load_toml(cat, file, only)
@@ -615,9 +649,8 @@ def export(
         entry = manifest["exports"][split or "all"]
         console.print(f"wrote {entry['rows']} rows to {out / entry['file']} and {out / 'manifest.json'}")
     if manifest["missing_images_count"] and not as_json:  # --json carries it in the manifest
-        err.print(f"[yellow]warning:[/] {manifest['missing_images_count']} image files of this plan are missing "
-                  "(listed in manifest.json under missing_images); training will fail on their rows",
-                  highlight=False)
+        warning(f"{manifest['missing_images_count']} image files of this plan are missing "
+                "(listed in manifest.json under missing_images); training will fail on their rows")
 
 
 if __name__ == "__main__":

@@ -60,3 +60,7 @@ PY
 ocrcat validate --deep                        # the data plan's checklist; exit 1 if anything fails
 ocrcat show "$(ocrcat sql "SELECT min(sample_id) FROM samples WHERE source = 'chartqa'" --csv | tail -1)" --open --to "$DEMO/show"
 ocrcat report --out "$DEMO/report.html"       # one self-contained HTML page: open it in a browser
+# ocrcat sql reads files named with --allow (here the export), and without --write writes nothing.
+ocrcat sql "SELECT source, count(*) AS plan_rows FROM '$DEMO/export/*.parquet' GROUP BY 1 ORDER BY 1" --allow "$DEMO/export"
+! ocrcat sql "COPY samples TO '$DEMO/leak.csv'"  # refused, exit 2: read-only without --write
+test ! -e "$DEMO/leak.csv"

@@ -19,7 +19,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from ocrcat.catalog import Catalog, sample_id
-from ocrcat.catalog.report import build_report, render_table_html
+from ocrcat.inspection.report import build_report, render_table_html
 from ocrcat.cli import app
 from ocrcat.ingest.runner import ingest
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog
-from ocrcat.catalog.stats import QUANTILES, histogram, source_stats
+from ocrcat.inspection.stats import QUANTILES, histogram, source_stats
 from ocrcat.cli import app
 from ocrcat.ingest.runner import ingest
 from ocrcat.mix import load_tokenizer

@@ -7,12 +7,13 @@ import io
 import json
 import shutil
 
+import pyarrow as pa
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from ocrcat.catalog import Catalog, CatalogError, sample_id
-from ocrcat.catalog.validate import image_problem, path_problem, validate
+from ocrcat.inspection.validate import image_problem, path_problem, validate
 from ocrcat.cli import app
 from ocrcat.ingest.runner import ingest
 
@@ -174,3 +175,85 @@ def test_unknown_source_is_a_user_error(catalog):
         validate(cat, sources=["docbank"])
     out = CliRunner().invoke(app, ["validate", "--source", "docbank", "--catalog", str(catalog)])
     assert out.exit_code == 2 and "no rows of docbank" in out.output
+
+
+def exif_jpeg(orientation: int, size=(96, 48)) -> bytes:
+    """A JPEG stored `size` wide and high whose EXIF orientation tag is `orientation`."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.new("RGB", size, (20 * orientation, 90, 160)).save(buf, "JPEG", exif=exif)
+    return buf.getvalue()
+
+
+def test_deep_check_passes_exif_rotated_jpegs(tmp_path, sample_mirror_factory):
+    # A ChartQA mirror whose train images are JPEGs with every EXIF orientation, ingested for real.
+    import pyarrow.parquet as pq
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(sample_mirror_factory("chartqa", rows=12), mirror)
+    train = next((mirror / "chartqa" / "data").glob("train-*.parquet"))
+    table = pq.read_table(train)
+    images = [{"bytes": exif_jpeg(1 + i % 8), "path": None} for i in range(table.num_rows)]
+    assert table.num_rows >= 8
+    table = table.set_column(table.schema.get_field_index("image"), "image",
+                             pa.array(images, type=table.schema.field("image").type))
+    pq.write_table(table, train)
+    catalog = tmp_path / "catalog"
+    with Catalog(catalog) as cat:
+        ingest(cat, "chartqa", mirror=mirror, splits=["train"])
+        sizes = cat.con.execute("SELECT DISTINCT image_width, image_height FROM samples").fetchall()
+        results = by_check(validate(cat, deep=True))
+    assert sorted(sizes) == [(48, 96), (96, 48)]  # ingest recorded orientations 5-8 turned by 90 degrees
+    assert results[("chartqa", "image_decodes")].ok, results[("chartqa", "image_decodes")]
+    assert results[("chartqa", "image_decodes")].checked == table.num_rows
+
+    out = CliRunner().invoke(app, ["validate", "--deep", "--json", "--catalog", str(catalog)])
+    assert out.exit_code == 0, out.output
+    # The check still fails a size that is really wrong: the unturned size of a turned image.
+    with Catalog(catalog) as cat:
+        turned = cat.con.execute("SELECT min(sample_id) FROM samples WHERE image_width = 48").fetchone()[0]
+        cat.con.execute("UPDATE samples SET image_width = 96, image_height = 48, image_tokens = ? WHERE sample_id = ?",
+                        [cat.count_image_tokens(96, 48), turned])
+        wrong = by_check(validate(cat, deep=True))[("chartqa", "image_decodes")]
+    assert wrong.examples == [turned] and "decodes to 48x96, catalog says 96x48" in wrong.note
+
+
+def test_symlink_to_a_file_outside_fails_and_names_the_sample(catalog, tmp_path):
+    with Catalog(catalog, read_only=True) as cat:
+        (victim, path), (other, other_path) = cat.con.execute(
+            "SELECT sample_id, image_path FROM samples WHERE source = 'latex_formulas' "
+            "AND image_path IN (SELECT image_path FROM samples GROUP BY 1 HAVING count(*) = 1) "
+            "ORDER BY sample_id LIMIT 2").fetchall()
+    # Same bytes, same hash, same size: only the real path tells that the file is not the catalog's.
+    outside = tmp_path / "elsewhere" / "copy.png"
+    outside.parent.mkdir()
+    shutil.copyfile(catalog / path, outside)
+    (catalog / path).unlink()
+    (catalog / path).symlink_to(outside)
+    # A link that stays inside the catalog is fine.
+    inside = catalog / "images" / "kept.png"
+    shutil.copyfile(catalog / other_path, inside)
+    (catalog / other_path).unlink()
+    (catalog / other_path).symlink_to(inside)
+
+    with Catalog(catalog, read_only=True) as cat:
+        found = by_check(validate(cat, deep=True))
+    assert found[("latex_formulas", "image_path")].examples == [victim]
+    assert found[("latex_formulas", "image_path")].note == f"{path}: resolves to {outside}, outside the catalog"
+    assert found[("latex_formulas", "image_decodes")].examples == [victim]  # never read
+    assert found[("chartqa", "image_path")].ok
+
+    out = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["validate", "--catalog", str(catalog)])
+    assert out.exit_code == 1
+    line = next(l for l in out.stdout.splitlines() if "image_path" in l and "FAIL" in l)
+    assert str(victim) in line and "outside the catalog" in line
+
+    # The whole images folder on another disk (a link to it) is the catalog's own store.
+    moved = tmp_path / "other-disk"
+    (catalog / path).unlink()
+    shutil.copyfile(outside, catalog / path)
+    shutil.move(catalog / "images", moved)
+    (catalog / "images").symlink_to(moved)
+    with Catalog(catalog, read_only=True) as cat:
+        assert all(r.ok for r in validate(cat, deep=True)), [r for r in validate(cat) if not r.ok]

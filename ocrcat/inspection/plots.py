@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ocrcat.catalog.stats import MEASURES, histogram
+from ocrcat.inspection.stats import MEASURES, histogram
 from ocrcat.catalog.store import Catalog
 
 PANEL_W, PANEL_H, COLUMNS = 380, 230, 3

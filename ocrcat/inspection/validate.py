@@ -19,7 +19,9 @@ import pyarrow as pa
 from PIL import Image
 
 from ocrcat import vision
+from ocrcat.catalog.images import BadImage, inspect_image
 from ocrcat.catalog.store import Catalog, CatalogError, sample_id
+from ocrcat.mix.mixtures import describe_mixture, view_name
 
 MAX_EXAMPLES = 5
 BATCH = 10_000  # rows fetched at a time where Python has to look at every row
@@ -27,9 +29,9 @@ BATCH = 10_000  # rows fetched at a time where Python has to look at every row
 CHECKS = {
     "image_prefix": "vision rows' text starts with '<image>\\n' and has no other '<image>' (one image, one placeholder)",
     "image_facts": "vision rows have image_path, sha256, format and a positive width and height",
-    "image_path": "image_path is relative, stays inside the catalog and the file exists",
+    "image_path": "image_path is relative, the file exists and (symlinks resolved) lies inside the catalog",
     "image_tokens": "image_tokens equals the vision rule for the stored width and height",
-    "image_decodes": "(--deep) the file's sha256, decoding and size match the catalog",
+    "image_decodes": "(--deep) the file's sha256, decoding and size (after its EXIF turn, as ingest) match the catalog",
     "sample_id": "sample ids are unique and equal the hash of (source, split, source_key)",
     "conversation": "text rows hold a conversation: [system], user, assistant, … ending with assistant",
     "mixture_rows": "the mixture's plan references only rows that exist in samples",
@@ -137,8 +139,15 @@ def path_problem(root: str, path: str) -> str | None:
     if posixpath.isabs(path) or "\\" in path or normal == ".." or normal.startswith("../"):
         # The catalog must stay movable and must never point outside itself.
         return f"{path}: not a relative path inside the catalog"
-    if not os.path.isfile(os.path.join(root, normal)):
+    full = os.path.join(root, normal)
+    if not os.path.isfile(full):
         return f"{path}: file missing"
+    # A symlink planted in the store would make training read a file the catalog does not hold.
+    # The folder images/ itself may be a link (the store on another disk): its target counts as inside.
+    real = os.path.realpath(full)
+    inside = {os.path.realpath(root), os.path.realpath(os.path.join(root, "images"))}
+    if not any(os.path.commonpath([real, top]) == top for top in inside):
+        return f"{path}: resolves to {real}, outside the catalog"
     return None
 
 
@@ -229,9 +238,14 @@ def image_problem(root: str, path: str, sha256: str | None, width: int | None, h
     if hashlib.sha256(data).hexdigest() != sha256:
         return f"{path}: content changed (sha256 differs from the catalog)"
     try:
+        # The size as ingest recorded it: ingest's own function, so an EXIF turn of 90 degrees
+        # (orientations 5-8) swaps width and height here exactly as it did there.
+        _, *size = inspect_image(data)
+        size = tuple(size)
         with Image.open(io.BytesIO(data)) as img:
-            img.load()  # a full decode: truncation and corrupt entropy data raise here
-            size = img.size
+            img.load()  # a full decode (inspect_image reads JPEGs at 1/8 scale): truncation raises here
+    except BadImage as exc:
+        return f"{path}: does not decode ({exc})"
     except Exception as exc:  # PIL raises many types for bad data; all mean "does not decode"
         return f"{path}: does not decode ({type(exc).__name__}: {exc})"
     if size != (width, height):
@@ -261,8 +275,6 @@ def _mixture_checks(catalog: Catalog) -> list[CheckResult]:
     The view `mix_<name>` is SQL fixed when the mixture was stored; a definition edited afterwards,
     or a catalog re-ingested under it, shows up here as counts that no longer agree.
     """
-    from ocrcat.mix.mixtures import describe_mixture, view_name
-
     results = []
     for (name,) in catalog.con.execute("SELECT name FROM mixtures ORDER BY name").fetchall():
         source = f"mixture:{name}"
@@ -294,8 +306,6 @@ def _mixture_checks(catalog: Catalog) -> list[CheckResult]:
 
 def mixture_descriptions(catalog: Catalog) -> Iterator[tuple[str, dict | None, str | None]]:
     """(name, describe_mixture's answer, None) per stored mixture, or (name, None, why not)."""
-    from ocrcat.mix.mixtures import describe_mixture
-
     for (name,) in catalog.con.execute("SELECT name FROM mixtures ORDER BY name").fetchall():
         try:
             yield name, describe_mixture(catalog, name), None

@@ -20,10 +20,10 @@ from string import Template
 
 from PIL import Image, ImageOps
 
-from ocrcat.catalog.plots import source_histograms_png
-from ocrcat.catalog.stats import catalog_stats, source_stats
+from ocrcat.inspection.plots import source_histograms_png
+from ocrcat.inspection.stats import catalog_stats, source_stats
 from ocrcat.catalog.store import Catalog
-from ocrcat.catalog.validate import CHECKS, CheckResult, mixture_descriptions, path_problem, validate
+from ocrcat.inspection.validate import CHECKS, CheckResult, mixture_descriptions, path_problem, validate
 
 THUMB = (260, 260)
 SHOWN_QUANTILES = ("p50", "p90", "max")
@@ -38,7 +38,7 @@ def build_report(catalog: Catalog, out: Path, *, seed: int = 0, per_source: int 
         _mixtures(catalog),
         _gallery(catalog, seed, per_source),
     ]
-    template = Template(resources.files("ocrcat.catalog").joinpath("report.html.tmpl").read_text("utf-8"))
+    template = Template(resources.files("ocrcat.inspection").joinpath("report.html.tmpl").read_text("utf-8"))
     page = template.substitute(title=html.escape(f"ocrcat report: {catalog.dir}"), body="\n".join(sections))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")

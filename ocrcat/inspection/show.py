@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ocrcat import vision
 from ocrcat.catalog.store import Catalog, CatalogError
-from ocrcat.catalog.validate import path_problem
+from ocrcat.inspection.validate import path_problem
 
 
 def parse_sample_id(value: str) -> int:
