@@ -82,7 +82,10 @@ def test_member_cap_in_every_archive_reader(source, sample_mirror_factory, tmp_p
     errors = table(tmp_path / "c", "SELECT message FROM ingest_errors")
     assert table(tmp_path / "c", "SELECT count(*) FROM samples") == [(0,)] and errors
     capped = [m for (m,) in errors if "above the 104 bytes member cap" in m and "--max-member-mb" in m]
-    assert len(capped) == len(errors)
+    # Every record whose member was reached is refused by the cap; olmOCR's sample mirror also has
+    # rows that fail before any member is read (no tarball, bad rotation), which keep their own reason.
+    assert capped and (len(capped) == len(errors) or source == "olmocr")
+    assert all("member cap" in m for (m,) in errors if "archive member" in m)
 
 
 def test_zip_bomb_member_is_refused_before_it_is_inflated(tmp_path):
