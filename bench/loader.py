@@ -1,23 +1,28 @@
-"""Loader throughput: ocrcat's Dataset + collator against the data plan's per-sample loop and the decode floor.
+"""Loader throughput: ocrcat's Dataset + collator against the fork's DataLoader, the data plan's loop and the decode floor.
 
 A catalog of the chart, page and formula sources is built from generated sample mirrors (charts,
 pages, formulas, handwriting: many sizes, so Gundam grids from 1x1 to 2x3), a mixture over all of
 it is exported, and then, in this one run, the same samples are served three ways (Gundam mode):
 - ocrcat: MixtureDataset -> PlanBatchSampler -> DataLoader(num_workers=2) -> VisionCollator, uint8
   batches (normalisation is the device step's job, on the GPU);
+- peer (the nano-DeepSeek-OCR fork's loader): a Dataset doing, per sample, PIL open -> global view
+  + crops -> float32 normalise on the CPU -> tokenize, in a DataLoader with the same workers and
+  batches, collated as the fork's collate_fn does (pad the ids, stack the float32 pixels);
 - reference (the data plan's loop, one process): PIL open -> global view + crops -> float32
   normalise on the CPU -> tokenize -> pad in a Python loop, token by token;
 - floor: decode + the resizes (global view, crop canvas) only, in 2 processes like ocrcat's workers.
 
-Last line: `loader samples_per_s=… ratio=… floor_fraction=…` (ratio = ocrcat / reference,
-floor_fraction = ocrcat / floor). Timings share the machine's 2 cores with whatever else runs.
+Last line: `loader samples_per_s=… peer_ratio=… floor_fraction=… ratio=…` (peer_ratio = ocrcat /
+peer, floor_fraction = ocrcat / floor, ratio = ocrcat / reference). Timings share the machine's
+2 cores with whatever else runs.
 Each is timed in --rounds rounds, best of each kept (the 2 cores are shared with other work).
-Usage: python bench/loader.py [--samples 192] [--batch-size 8] [--rounds 5]
+Usage: python bench/loader.py [--samples 192] [--batch-size 8] [--rounds 5] [--no-reference]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import multiprocessing
 import shutil
 import tempfile
@@ -78,6 +83,47 @@ def reference_views(path: str) -> list[np.ndarray]:
     return [((np.asarray(v, dtype=np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1) for v in views]
 
 
+class PeerDataset(torch.utils.data.Dataset):
+    """The fork's MultimodalDataset, per sample: ids, then float32 views normalised on the CPU."""
+
+    def __init__(self, export: Path):
+        self.ds = MixtureDataset(export)  # only for its rows
+        self.tok = load_tokenizer("byte")
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        r = self.ds.row(i)
+        views = reference_views(r["image_path"])
+        ids, _ = self.tok.render_vision_pretraining(r["text"], r["response"], [r["image_tokens"]])
+        return torch.tensor(ids), torch.from_numpy(np.stack(views[:1])), [torch.from_numpy(v) for v in views[1:]]
+
+
+def peer_collate(items, image_token_id: int):
+    """As the fork's collate_fn: pad inputs/targets in tensors, mask, stack the float32 pixels."""
+    longest = max(len(ids) for ids, _, _ in items) - 1
+    inputs = torch.zeros(len(items), longest, dtype=torch.long)
+    targets = torch.full((len(items), longest), -1, dtype=torch.long)
+    for b, (ids, _, _) in enumerate(items):
+        inputs[b, :len(ids) - 1] = ids[:-1]
+        targets[b, :len(ids) - 1] = ids[1:]
+    targets[targets == image_token_id] = -1
+    crops = [c for _, _, cs in items for c in cs]
+    return inputs, targets, {"pixel_values": torch.cat([v for _, v, _ in items]),
+                             "images_crop": torch.stack(crops) if crops else None}
+
+
+def run_peer(export: Path, n: int, batch_size: int, workers: int) -> float:
+    ds = PeerDataset(export)
+    loader = DataLoader(ds, batch_sampler=PlanBatchSampler(n, batch_size), num_workers=workers, prefetch_factor=4,
+                        collate_fn=functools.partial(peer_collate, image_token_id=ds.tok.image_token_id))
+    started, seen = time.perf_counter(), 0
+    for inputs, _, _ in loader:
+        seen += len(inputs)
+    return seen / (time.perf_counter() - started)
+
+
 def run_reference(export: Path, n: int, batch_size: int) -> float:
     ds = MixtureDataset(export)  # only for its rows: the loop below does its own work
     tok = load_tokenizer("byte")
@@ -134,6 +180,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-reference", action="store_true", help="skip the one-process data-plan loop")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ocrcat-bench-loader-"))
     try:
@@ -151,18 +198,23 @@ def main() -> None:
               f"gundam grids {dict(sorted(grids.items()))}")
         # Rounds of all three, best of each: the machine is shared, and a neighbour's burst should
         # not land on one contender only.
-        floor = ours = reference = 0.0
+        floor = ours = peer = reference = 0.0
         for round_ in range(args.rounds):
             floor = max(floor, run_floor(export, n, args.workers))
             o, efficiency = run_ocrcat(export, n, args.batch_size, args.workers)
             ours = max(ours, o)
-            reference = max(reference, run_reference(export, n, args.batch_size))
-            print(f"round {round_ + 1}: floor {floor:6.1f}  ocrcat {ours:6.1f}  reference {reference:6.1f} samples/s (best so far)")
+            peer = max(peer, run_peer(export, n, args.batch_size, args.workers))
+            if not args.no_reference:
+                reference = max(reference, run_reference(export, n, args.batch_size))
+            print(f"round {round_ + 1}: floor {floor:6.1f}  ocrcat {ours:6.1f}  peer {peer:6.1f}  "
+                  f"reference {reference:6.1f} samples/s (best so far)")
         print(f"floor:     {floor:7.1f} samples/s (decode + resize, {args.workers} processes)")
         print(f"ocrcat:    {ours:7.1f} samples/s (Dataset + collator, {args.workers} workers, "
               f"batch {args.batch_size}, padding efficiency {efficiency:.2f})")
+        print(f"peer:      {peer:7.1f} samples/s (the fork's way: {args.workers} workers, float32 per sample on the CPU)")
         print(f"reference: {reference:7.1f} samples/s (one process, float32 on the CPU, Python padding)")
-        print(f"loader samples_per_s={ours:.1f} ratio={ours / reference:.2f} floor_fraction={ours / floor:.2f}")
+        ratio = f" ratio={ours / reference:.2f}" if reference else ""
+        print(f"loader samples_per_s={ours:.1f} peer_ratio={ours / peer:.2f} floor_fraction={ours / floor:.2f}{ratio}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

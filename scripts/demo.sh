@@ -17,8 +17,13 @@ ocrcat sql "SELECT source, count(*) AS rows, count(DISTINCT image_sha256) AS ima
 ocrcat sql "SELECT source_key, left(text, 300) AS transcript FROM samples WHERE source = 'docbank' AND meta->>'columns' = '2' LIMIT 1"
 ocrcat sql "SELECT source_key, response AS html FROM samples WHERE source = 'pubtables' AND response LIKE '%rowspan%' LIMIT 1"
 ocrcat sql "SELECT source_key, image_width, image_height, meta->>'rotated' AS turned FROM samples WHERE source = 'olmocr' AND meta->>'rotated' <> '0'"
+# olmOCR's two hub layouts side by side: 1025 (pdf_relpath) and 0225 (response JSON, PDFs found by id).
+ocrcat sql "SELECT split_part(source_key, '#', 1) AS file, count(*) AS pages, min(meta->>'id') AS an_id, min(meta->>'page_number') AS page FROM samples WHERE source = 'olmocr' GROUP BY 1 ORDER BY 1"
 ocrcat sql "SELECT source, source_key, stage, message FROM ingest_errors WHERE source IN ('docbank', 'olmocr', 'pubtables')"
-# Charts and chat: a horizontal-bar PlotQA chart as a table; FigureQA questions sharing one image each.
+# DocBank targets without artefacts: (cid:N) placeholders counted, not transcribed; a body page's running head as a plain line.
+ocrcat sql "SELECT source_key, meta->>'cid' AS cid_dropped, meta->>'running_heads' AS running_heads, left(text, 160) AS transcript FROM samples WHERE source = 'docbank' AND (meta->>'cid')::INT > 0 ORDER BY (meta->>'running_heads')::INT DESC, source_key LIMIT 2"
+# Charts and chat: PlotQA's real tag forms (bar and line spellings, x as indices) as tables; FigureQA questions sharing one image each.
+ocrcat sql "SELECT meta->>'style' AS style, meta->>'orientation' AS orientation, coalesce(meta->>'x_index', 'false') AS x_index, count(*) AS charts FROM samples WHERE source = 'plotqa' GROUP BY ALL ORDER BY ALL"
 ocrcat sql "SELECT text, response FROM samples WHERE source = 'plotqa' AND meta->>'orientation' = 'horizontal' LIMIT 1"
 ocrcat sql "SELECT count(*) AS questions, count(DISTINCT image_path) AS figures FROM samples WHERE source = 'figureqa'"
 # Mixtures: the data plan's presets as SQL views over samples, with seeded plans, exported in plan order.
@@ -32,6 +37,8 @@ ocrcat export stage2 --out "$DEMO/export" --split train
 ocrcat export stage2 --out "$DEMO/export-jsonl" --format jsonl --relative-paths
 head -c 400 "$DEMO/export-jsonl/stage2.all.jsonl"; echo
 python -c "from ocrcat.mix.tasks import ChartQA, SmolTalk; t = ChartQA(split='train'); print(len(t), t[0]); print(SmolTalk(split='train')[0])"
+# The same rows as conversations in the nano-DeepSeek-OCR fork's shape (README: Training with nanochat / the nano-dsocr fork)
+python -c "from ocrcat.mix.tasks import DocBank; e = DocBank(split='train', format='chat')[0]; print(e['messages'][0], repr(e['messages'][1]['content'][:60]), e['images'])"
 # Training path: the DataLoader a nanochat script builds over the stage2 export (written to
 # $DEMO/export by `ocrcat export` above), and the shapes of one batch.
 python - "$DEMO/export" <<'PY'

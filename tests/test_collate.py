@@ -13,10 +13,12 @@ from ocrcat.vision import MODES
 from test_dataset import export_dir, small_catalog  # noqa: F401  (session fixtures)
 
 
-def check_batch(batch: Batch, ds: MixtureDataset) -> None:
-    """Every invariant SPEC 5 and issue 6 ask of a batch, against the Dataset's own items."""
+def check_batch(batch: Batch, ds: MixtureDataset, loss: str = "all") -> None:
+    """Every invariant SPEC 5 and issue 6 ask of a batch, against the Dataset's own items, for the
+    Dataset's layout and the collator's `loss`."""
     tok = ds.tokenizer
     img = tok.image_token_id
+    s = tok.specials
     items = [ds[int(p)] for p in batch.positions]
     B, T = batch.inputs.shape
     assert batch.targets.shape == batch.images_seq_mask.shape == (B, T)
@@ -31,15 +33,37 @@ def check_batch(batch: Batch, ds: MixtureDataset) -> None:
         n = len(ids) - 1
         assert int(batch.lengths[b]) == n and int(batch.sample_ids[b]) % 2**64 == it["sample_id"]
         assert torch.equal(batch.inputs[b, :n], ids[:-1])
+        answer = it["answer"]
+        assert answer.shape == ids.shape and answer.dtype == torch.bool
         expected = ids[1:].clone()
         expected[expected == img] = -1  # no loss where the next token is an image token
+        if loss == "assistant":
+            expected[~answer[1:]] = -1  # nor outside the answer
         assert torch.equal(batch.targets[b, :n], expected)
         assert (batch.targets[b, n:] == -1).all()  # padding
-        # -1 exactly on padding and image-token next positions, nowhere else:
+        # -1 exactly on padding, image-token next positions and (assistant loss) the prompt, nowhere else:
         minus = (batch.targets[b] == -1).nonzero().flatten().tolist()
-        assert minus == [t for t in range(T) if t >= n or ids[t + 1] == img]
+        assert minus == [t for t in range(T) if t >= n or ids[t + 1] == img
+                         or (loss == "assistant" and not answer[t + 1])]
+        # Not the fork's off-by-one: the position before an image run (predicting the first image
+        # token) is masked, the run's last position (predicting the first token after it) is not
+        # unless the loss leaves that token out.
+        for start, count in zip(*_runs(ids, img)):
+            assert int(batch.targets[b, start - 1]) == -1
+            if start + count <= n and (loss == "all" or answer[start + count]):
+                assert int(batch.targets[b, start + count - 1]) == int(ids[start + count]) != -1
         if not it["truncated"]:
             assert int(batch.targets[b, n - 1]) == tok.assistant_end_id
+            assert bool(answer[-1])
+        if ds.layout == "chat" or not it["image_tokens"]:  # nanochat's turn structure
+            assert ids[:2].tolist() == [tok.bos_id, s["<|user_start|>"]]
+            if not it["truncated"]:
+                cut = int(answer.int().argmax())
+                assert int(ids[cut - 1]) == s["<|assistant_start|>"] and int(ids[cut - 2]) == s["<|user_end|>"]
+        else:  # SPEC 5's plain layout: <|bos|> then the image run
+            assert int(ids[0]) == tok.bos_id and int(ids[1]) == img
+        if loss == "assistant" and not it["truncated"]:
+            assert (batch.targets[b, :n] != -1).any()  # every row trains on its answer
     m = MODES[ds.vision_mode]
     assert batch.pixel_values.dtype == torch.uint8 and batch.crop_values.dtype == torch.uint8
     assert batch.pixel_values.shape == (len(counts), 3, m.base_size, m.base_size)
@@ -49,6 +73,39 @@ def check_batch(batch: Batch, ds: MixtureDataset) -> None:
     assert batch.images_spatial_crop.tolist() == [list(g) for g in grids]
     n_crops = sum(w * h for w, h in grids if w * h > 1)
     assert batch.crop_values.shape == (n_crops, 3, m.tile_size, m.tile_size)
+
+
+def _runs(ids: torch.Tensor, img: int) -> tuple[list[int], list[int]]:
+    """Start and length of each run of image ids."""
+    is_img = (ids == img).int()
+    edges = torch.diff(torch.cat([torch.zeros(1, dtype=torch.int), is_img, torch.zeros(1, dtype=torch.int)]))
+    starts, ends = (edges == 1).nonzero().flatten(), (edges == -1).nonzero().flatten()
+    return starts.tolist(), (ends - starts).tolist()
+
+
+@pytest.mark.parametrize("layout", ["plain", "chat"])
+@pytest.mark.parametrize("loss", ["all", "assistant"])
+def test_every_layout_and_loss_through_a_two_worker_loader(export_dir, layout, loss):  # noqa: F811
+    ds = MixtureDataset(export_dir, layout=layout)
+    sampler = PlanBatchSampler(len(ds), 4, drop_last=False)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, collate_fn=VisionCollator(ds.tokenizer, loss=loss))
+    seen = []
+    for batch in loader:
+        check_batch(batch, ds, loss)
+        seen += batch.positions.tolist()
+    assert seen == list(range(len(ds)))
+    if layout == "chat":  # length-aware batching's estimate follows the layout (exact for vision rows, byte tokenizer)
+        lengths = ds.lengths()
+        for i in range(len(ds)):
+            if ds.row(i)["kind"] == "vision":
+                assert lengths[i] == len(ds[i]["ids"])
+
+
+def test_unknown_layout_and_loss_are_refused(export_dir):  # noqa: F811
+    with pytest.raises(ValueError, match="layout"):
+        MixtureDataset(export_dir, layout="sft")
+    with pytest.raises(ValueError, match="loss"):
+        VisionCollator(MixtureDataset(export_dir).tokenizer, loss="prompt")
 
 
 @pytest.mark.parametrize("pad_to_multiple", [1, 8])

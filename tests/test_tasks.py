@@ -180,3 +180,99 @@ def test_mixture_task_and_export_task_give_the_plan_in_order(home, tmp_path):
     assert clone[len(clone) - 1] == expected[-1]
     # nanochat's TaskMixture takes them like any other task
     assert len(NanoTaskMixture([from_parquet, SmolTalk(split="train")])) == len(view) + len(SmolTalk(split="train"))
+
+
+def nano_render_conversation(tok, conversation: dict) -> tuple[list[int], list[int]]:
+    """nanochat's Tokenizer.render_conversation, as published: reads conversation["messages"], folds a
+    system message into the next user turn, asserts alternating roles and string user content, and
+    masks 1 on assistant content and <|assistant_end|>. `tok` supplies encode() and the special ids."""
+    messages = conversation["messages"]  # a plain-format vision example fails here, with KeyError
+    if messages[0]["role"] == "system":
+        assert messages[1]["role"] == "user"
+        messages = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}] + messages[2:]
+    s = tok.specials
+    ids, mask = [tok.bos_id], [0]
+    for i, message in enumerate(messages):
+        assert message["role"] == ("user" if i % 2 == 0 else "assistant")
+        content = message["content"]
+        if message["role"] == "user":
+            assert isinstance(content, str)
+            body = tok.encode(content)
+            ids += [s["<|user_start|>"]] + body + [s["<|user_end|>"]]
+            mask += [0] * (len(body) + 2)
+        else:
+            body = tok.encode(content) if isinstance(content, str) else [t for p in content for t in tok.encode(p["text"])]
+            ids += [s["<|assistant_start|>"]] + body + [s["<|assistant_end|>"]]
+            mask += [0] + [1] * (len(body) + 1)
+    return ids, mask
+
+
+@pytest.mark.parametrize("images", ["path", "pil"])
+def test_chat_format_runs_every_source_through_nanochat_mixture_and_renderer(home, images):
+    """The fork's shape: an ocrcat task stands where FineVision(...) stood in its TaskMixture, and
+    nanochat's renderer gives exactly the ids (image placeholder aside) and mask of the Dataset's chat layout."""
+    from PIL import Image
+
+    from ocrcat.mix import load_tokenizer
+
+    _, ingested = home
+    tok = load_tokenizer("byte")
+    placeholder = tok.encode("<image>")
+    tasks = [cls(split="train", format="chat", images=images) for cls in CLASSES.values()]
+    plain = [cls(split="train") for cls in CLASSES.values()]
+    mixture, plain_mixture = NanoTaskMixture(tasks), NanoTaskMixture(plain)
+    assert len(mixture) == len(plain_mixture) == sum(len(t) for t in tasks)
+    seen = set()
+    for i in range(len(mixture)):
+        t, _ = mixture.index_map[i]
+        source = tasks[t].source
+        seen.add(source)
+        example, row = mixture[i], plain_mixture[i]  # same shuffle, same row
+        ids, mask = nano_render_conversation(tok, example)
+        if source == "smoltalk":
+            assert example == row and list(example) == ["messages"]
+            assert (ids, [bool(m) for m in mask]) == tok.render_conversation_masked(example["messages"])
+            continue
+        assert list(example) == ["messages", "images", "image_path"]
+        user, assistant = example["messages"]
+        assert user["role"] == "user" and user["content"].startswith("<image>\n") and user["content"].count("<image>") == 1
+        assert assistant["role"] == "assistant"
+        if row["response"] is None:  # transcription: DeepSeek-OCR's prompt, the transcript as the answer
+            assert user["content"] == "<image>\nFree OCR." and "<image>\n" + assistant["content"] == row["text"]
+        else:
+            assert (user["content"], assistant["content"]) == (row["text"], row["response"])
+        assert example["image_path"] == row["image_path"] and len(example["images"]) == 1
+        image = example["images"][0]
+        if images == "pil":
+            assert isinstance(image, Image.Image)
+            if source in ingested:
+                with Image.open(row["image_path"]) as stored:
+                    assert image.size == stored.size and image.tobytes() == stored.tobytes()
+        else:
+            assert image == row["image_path"]
+        # Expand the placeholder as the fork's loader does; the Dataset's chat layout is the same.
+        k = ids.index(placeholder[0])
+        assert ids[k:k + len(placeholder)] == placeholder
+        expanded = ids[:k] + [tok.image_token_id] * 5 + ids[k + len(placeholder):]
+        expanded_mask = mask[:k] + [0] * 5 + mask[k + len(placeholder):]
+        ours, starts, answer = tok.render_vision(row["text"], row["response"], [5], layout="chat")
+        assert ours == expanded and answer == [bool(m) for m in expanded_mask] and starts == [k]
+    assert seen == set(CLASSES)
+    # A plain-format vision example is not a conversation: nanochat's renderer refuses it.
+    vision = next(plain_mixture[i] for i in range(len(plain_mixture)) if "text" in plain_mixture[i])
+    with pytest.raises(KeyError, match="messages"):
+        nano_render_conversation(tok, vision)
+
+
+def test_chat_format_from_exports_and_bad_options(home, tmp_path):
+    path, _ = home
+    with Catalog(path, read_only=True) as cat:
+        export_mixture(cat, "plan", tmp_path / "p")
+    catalog_task = CatalogTask(mixture="plan", format="chat")
+    export_task = ExportTask(tmp_path / "p", format="chat")
+    assert [export_task[i] for i in range(len(export_task))] == [catalog_task[i] for i in range(len(catalog_task))]
+    assert pickle.loads(pickle.dumps(catalog_task))[0] == catalog_task[0]
+    with pytest.raises(ValueError, match="unknown format"):
+        ChartQA(split="train", format="sft")
+    with pytest.raises(ValueError, match="unknown images"):
+        ExportTask(tmp_path / "p", images="bytes")

@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from ocrcat.mix import load_tokenizer
-from ocrcat.mix.tokenizer import IMAGE_TOKEN, SPECIAL_TOKENS
+from ocrcat.mix.tokenizer import IMAGE_TOKEN, SPECIAL_TOKENS, vision_turns
 
 TEXT = "<image>\nQuestion: What is the value for Kenya? Ünïcode ✓"
 CORPUS = [TEXT, "The quick brown fox jumps over the lazy dog.", "Question: Answer: 42 3.14 Kenya Germany"] * 20
@@ -114,3 +114,52 @@ def test_bad_paths_say_what_to_pass(tmp_path):
         load_tokenizer(tmp_path)
     with pytest.raises(FileNotFoundError, match="byte"):
         load_tokenizer(tmp_path / "nope.bin")
+
+
+def test_chat_layout_vision_rendering(tok):
+    """The fork's layout: <|bos|><|user_start|> image + prompt <|user_end|><|assistant_start|> answer <|assistant_end|>."""
+    s = tok.specials
+    ids, starts, answer = tok.render_vision(TEXT, "42", [7], layout="chat")
+    prompt = TEXT.split("<image>")[1]
+    assert ids == ([tok.bos_id, s["<|user_start|>"]] + [tok.image_token_id] * 7 + tok.encode(prompt)
+                   + [s["<|user_end|>"], s["<|assistant_start|>"]] + tok.encode("42") + [tok.assistant_end_id])
+    assert starts == [2]
+    cut = ids.index(s["<|assistant_start|>"]) + 1
+    assert answer == [i >= cut for i in range(len(ids))]  # the answer's ids and <|assistant_end|>
+
+
+def test_transcription_rows_get_the_prompt_in_chat_layout(tok):
+    s = tok.specials
+    assert vision_turns("<image>\nHello page", None) == ("<image>\nFree OCR.", "Hello page")
+    assert vision_turns("<image>\nQuestion: x?", "7") == ("<image>\nQuestion: x?", "7")
+    ids, starts, answer = tok.render_vision("<image>\nHello page", None, [3], layout="chat", prompt="Read it.")
+    assert ids == ([tok.bos_id, s["<|user_start|>"]] + [tok.image_token_id] * 3 + tok.encode("\nRead it.")
+                   + [s["<|user_end|>"], s["<|assistant_start|>"]] + tok.encode("Hello page") + [tok.assistant_end_id])
+    assert sum(answer) == len(tok.encode("Hello page")) + 1
+
+
+def test_plain_layout_ids_do_not_depend_on_the_answer_mask(tok):
+    for text, response in ((TEXT, "42"), ("<image>\nHello page", None), ("<image>", None)):
+        ids, starts, answer = tok.render_vision(text, response, [5])
+        assert (ids, starts) == tok.render_vision_pretraining(text, response, [5])
+        assert answer[-1] and not any(answer[:starts[0] + 5])  # never the image, always <|assistant_end|>
+        cut = answer.index(True)
+        assert answer == [i >= cut for i in range(len(ids))]  # the answer is a suffix
+        if tok.name == "byte":  # exact: the answer is the response, or the transcript after "\n"
+            assert tok.decode(ids[cut:-1]) == (response if response is not None else text[len("<image>\n"):])
+
+
+def test_conversation_mask_follows_nanochat(tok):
+    s = tok.specials
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
+            {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Yes"}]
+    ids, mask = tok.render_conversation_masked(msgs)
+    assert ids == tok.render_conversation(msgs) and len(mask) == len(ids)
+    supervised = [i for i, m in zip(ids, mask) if m]
+    assert supervised == tok.encode("Hello") + [s["<|assistant_end|>"]] + tok.encode("Yes") + [s["<|assistant_end|>"]]
+    assert not mask[ids.index(s["<|assistant_start|>"])]
+
+
+def test_unknown_layout_is_refused(tok):
+    with pytest.raises(ValueError, match="unknown layout"):
+        tok.render_vision(TEXT, "42", [7], layout="sft")

@@ -4,7 +4,12 @@ Hub layout: `DocBank_500K_txt.zip` (a `{name}_{page}.txt` per page: ten TAB fiel
 and `DocBank_500K_ori_img.zip.001` … `.010`, ONE zip cut into 5 GiB byte ranges (members
 `{name}_{page}_ori.jpg`). The parts are read as one archive through a seekable file object; they
 are never joined on disk. Splits come from DocBank's split lists (`indexed_files/500K_{train,dev,
-test}.txt`, from its GitHub repo) when the mirror has them, else 80/10/10 by a hash of the name.
+test}.txt`, from its GitHub repo): a page in the dev list -> val, in the test list -> test, any
+other page -> train (DocBank's train split is the rest); 80/10/10 by a hash of the name only
+when the mirror has no list at all.
+
+The transcript is a training target: pdfminer's `(cid:N)` placeholders are counted in
+`meta.cid` and dropped from it unless `-o keep_cid=true`; running heads are plain lines.
 
 A shard is a run of pages (by name); planning records where each member sits in the archives,
 so a worker reads exactly its pages' bytes and holds one page at a time.
@@ -24,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from ocrcat.ingest import synth
 from ocrcat.ingest.base import MirrorError, Option, Record, Rejected, Sample, Shard, SourceInfo, vision_prompt
-from ocrcat.ingest.docbank_layout import parse_tokens, transcript
+from ocrcat.ingest.docbank_layout import count_cid, parse_tokens, strip_cid, transcript
 from ocrcat.ingest.zipparts import MemberLocation, member_locations, open_parts, read_member, zip_parts
 
 INFO = SourceInfo(
@@ -35,7 +40,11 @@ INFO = SourceInfo(
     licence="Apache-2.0 (DocBank asks not to redistribute the data)",
     one_row_is="a page",
 )
-OPTIONS = {"pages_per_shard": Option(256, "pages per shard (a worker holds one page at a time)")}
+OPTIONS = {
+    "pages_per_shard": Option(256, "pages per shard (a worker holds one page at a time)"),
+    "keep_cid": Option(False, "keep pdfminer's (cid:N) placeholders in the transcript (default: dropped, "
+                              "counted in meta.cid)"),
+}
 TXT_ZIP = "DocBank_500K_txt.zip"
 IMG_ZIP = "DocBank_500K_ori_img.zip"
 SPLIT_LISTS = {"train": "500K_train.txt", "val": "500K_dev.txt", "test": "500K_test.txt"}
@@ -76,16 +85,22 @@ def _pages(root: Path, signature: tuple) -> dict[str, list[tuple]]:
     texts = {page_name(m): loc for m, loc in member_locations(txt_parts).items() if m.endswith(".txt")}
     images = {page_name(m): loc for m, loc in member_locations(img_parts).items() if m.endswith("_ori.jpg")}
     listed: dict[str, str] = {}
-    for split, file in SPLIT_LISTS.items():
-        path = root / "indexed_files" / file
+    lists = [(split, root / "indexed_files" / file) for split, file in SPLIT_LISTS.items()]
+    for split, path in lists:
         if path.is_file():
             with open(path, encoding="utf-8") as f:
                 for line in f:
                     if line.strip():
                         listed[page_name(line.split()[0])] = split
+    any_list = any(path.is_file() for _, path in lists)
     by_split: dict[str, list[tuple]] = {s: [] for s in INFO.splits}
     for name in sorted(texts):
-        split, origin = (listed[name], "list") if name in listed else (hash_split(name), "hash")
+        if name in listed:
+            split, origin = listed[name], "list"
+        elif any_list:
+            split, origin = "train", "rest"  # DocBank's train split is every page not in dev or test
+        else:
+            split, origin = hash_split(name), "hash"
         by_split[split].append((name, texts[name], images.get(name), origin))
     return by_split
 
@@ -103,12 +118,14 @@ def plan(root: Path, split: str, options: dict) -> list[Shard]:
 
 def read(shard: Shard, options: dict) -> Iterator[Record]:
     root = Path(shard.payload["root"])
+    keep_cid = bool(options.get("keep_cid", False))
     with open_parts(zip_parts(root, TXT_ZIP)) as txt, open_parts(zip_parts(root, IMG_ZIP)) as img:
         for name, txt_loc, img_loc, origin in shard.payload["pages"]:
-            yield _page(name, txt, txt_loc, img, img_loc, origin)
+            yield _page(name, txt, txt_loc, img, img_loc, origin, keep_cid)
 
 
-def _page(name: str, txt, txt_loc: MemberLocation, img, img_loc: MemberLocation | None, origin: str) -> Record:
+def _page(name: str, txt, txt_loc: MemberLocation, img, img_loc: MemberLocation | None, origin: str,
+          keep_cid: bool = False) -> Record:
     try:
         content = read_member(txt, txt_loc).decode("utf-8")
     except (ValueError, UnicodeDecodeError) as exc:
@@ -117,7 +134,10 @@ def _page(name: str, txt, txt_loc: MemberLocation, img, img_loc: MemberLocation 
         tokens = parse_tokens(content)
     except ValueError as exc:
         return Rejected(name, "parse", f"{name}.txt: {exc}")
-    text, columns = transcript(tokens)
+    paper, _, page = name.rpartition("_")
+    cid = count_cid(tokens)
+    # DocBank numbers a paper's pages from 0: page 0 is the one whose title is a heading.
+    text, columns, running_heads = transcript(tokens if keep_cid else strip_cid(tokens), first_page=page == "0")
     if not text:
         return Rejected(name, "map", "page has no text tokens (only lines and figures)")
     if img_loc is None:
@@ -126,9 +146,9 @@ def _page(name: str, txt, txt_loc: MemberLocation, img, img_loc: MemberLocation 
         image = read_member(img, img_loc)
     except ValueError as exc:
         return Rejected(name, "image", f"{name}_ori.jpg: {exc}")
-    paper, _, page = name.rpartition("_")
     meta = {"paper": paper, "page": int(page) if page.isdigit() else page, "columns": columns,
-            "labels": sorted({t.label for t in tokens}), "split_from": origin}
+            "labels": sorted({t.label for t in tokens}), "split_from": origin, "cid": cid,
+            "running_heads": running_heads}
     return Sample(name, vision_prompt(text), None, image, meta=meta)
 
 
@@ -154,27 +174,45 @@ def random_blocks(rng: random.Random, first_page: bool, sections: int = 2) -> li
         for _ in range(rng.randint(1, 3)):
             blocks.append(("paragraph", sentence(rng.randint(25, 70)).capitalize() + "."))
         if rng.random() < 0.4:
-            blocks.append(("equation", f"y = {rng.randint(2, 9)} x + {rng.randint(1, 9)} ({s + 1})"))
+            # Half the equations hold a glyph pdfminer could not map, as `(cid:N)`: real pages
+            # with equations mostly do.
+            glyph = f"(cid:{rng.randint(10, 120)}) " if rng.random() < 0.5 else ""
+            blocks.append(("equation", f"{glyph}y = {rng.randint(2, 9)} x + {rng.randint(1, 9)} ({s + 1})"))
     return blocks
 
 
-def layout_page(blocks: list[tuple[str, str]], two_columns: bool, page_number: int) -> tuple[list, str]:
+PARINDENT = 15  # page units: the first line of a paragraph that follows a paragraph, as LaTeX sets it
+
+
+def layout_page(blocks: list[tuple[str, str]], two_columns: bool, page_number: int,
+                running_head: str | None = None) -> tuple[list, str]:
     """Place blocks on a 1000x1000 page; returns (tokens (text, x0, y0, x1, y1, label), transcript).
 
     Title and author run across the page; the rest flows down the left column, then the right.
     Lines are justified like typeset text; a paragraph's last line is kept short, as in print.
-    What does not fit on the page is left out of both.
+    A paragraph that follows a paragraph starts with an indented line and no space above it.
+    `running_head`: a small title-labelled line at the top of the page, as DocBank labels running
+    heads (plain text in the transcript, not a heading). `(cid:N)` tokens are left out of the
+    transcript. What does not fit on the page is left out of both.
     """
     tokens: list[tuple] = []
     expected = []
     cols = [(70, 480), (520, 930)] if two_columns else [(100, 900)]
     bottom, col, top = 930, 0, 60
     y = top
-    for label, text in blocks:
+    if running_head:
+        words = running_head.split()
+        x = 500 - (sum(len(w) * 7 for w in words) + 5 * (len(words) - 1)) / 2
+        for w in words:
+            tokens.append((w, round(x), 28, round(x + len(w) * 7), 40, "title"))
+            x += len(w) * 7 + 5
+        expected.append(running_head)
+    for n, (label, text) in enumerate(blocks):
         cw, h = _FONT[label]
         full = label in ("title", "author")
         x_left, x_right = (cols[0][0], cols[-1][1]) if full else cols[col]
-        lines = _break_lines(text.split(), cw, _GAP[label], x_right - x_left, label == "paragraph")
+        indent = PARINDENT if label == "paragraph" and n > 0 and blocks[n - 1][0] == "paragraph" else 0
+        lines = _break_lines(text.split(), cw, _GAP[label], x_right - x_left, label == "paragraph", indent)
         placed = []
         for i, words in enumerate(lines):
             if y + h > bottom:
@@ -182,11 +220,12 @@ def layout_page(blocks: list[tuple[str, str]], two_columns: bool, page_number: i
                     break
                 col, y = col + 1, top
                 x_left, x_right = cols[col]
+            start = x_left + (indent if i == 0 else 0)
             widths = [len(v) * cw for v in words]
             natural = sum(widths) + _GAP[label] * (len(words) - 1)
-            gap, x = _GAP[label], x_left
+            gap, x = _GAP[label], start
             if label == "paragraph" and i < len(lines) - 1 and len(words) > 1:
-                gap = (x_right - x_left - sum(widths)) / (len(words) - 1)  # justified
+                gap = (x_right - start - sum(widths)) / (len(words) - 1)  # justified
             elif label in ("title", "author", "equation"):
                 x = x_left + (x_right - x_left - natural) / 2  # centred
             for v, wdt in zip(words, widths):
@@ -194,9 +233,11 @@ def layout_page(blocks: list[tuple[str, str]], two_columns: bool, page_number: i
                 x += wdt + gap
             placed += words
             y += h + 4
+        placed = [w for w in placed if not w.startswith("(cid:")]
         if placed:
             expected.append({"title": "# ", "section": "## "}.get(label, "") + " ".join(placed))
-        y += 14
+        if not (label == "paragraph" and n + 1 < len(blocks) and blocks[n + 1][0] == "paragraph"):
+            y += 14
         if full:
             top = y
     number = str(page_number)
@@ -205,10 +246,10 @@ def layout_page(blocks: list[tuple[str, str]], two_columns: bool, page_number: i
     return tokens, "\n\n".join(expected)
 
 
-def _break_lines(words: list[str], cw: int, gap: int, width: int, paragraph: bool) -> list[list[str]]:
+def _break_lines(words: list[str], cw: int, gap: int, width: int, paragraph: bool, indent: int = 0) -> list[list[str]]:
     lines, line = [], []
     for w in words:
-        if line and sum(len(v) * cw for v in line + [w]) + gap * len(line) > width:
+        if line and sum(len(v) * cw for v in line + [w]) + gap * len(line) > width - (indent if not lines else 0):
             lines.append(line)
             line = []
         line.append(w)
@@ -291,9 +332,11 @@ def sample_pages(rows: int, seed: int, image_size: tuple[int, int] = (500, 647),
         # Two-column pages get enough text to fill well into the right column, as full pages
         # do (a right column of a line or two is not told apart from a ragged margin).
         two = rng.random() < 0.5
-        tokens, expected = layout_page(random_blocks(rng, i % 4 == 0, 4 if two else 2), two, i % 4 + 1)
+        # Pages after a paper's first carry its running head, page number glued on.
+        head = f"{paper.split('_')[-1].title()} Results {i % 4 + 1}" if i % 4 else None
+        tokens, expected = layout_page(random_blocks(rng, i % 4 == 0, 4 if two else 2), two, i % 4 + 1, head)
         while two and sum(1 for t in tokens if t[1] >= 520) < 40:
-            tokens, expected = layout_page(random_blocks(rng, i % 4 == 0, 5), two, i % 4 + 1)
+            tokens, expected = layout_page(random_blocks(rng, i % 4 == 0, 5), two, i % 4 + 1, head)
         image = synth.encode(draw_page(tokens, *image_size, greek=greek), "JPEG", 80)
         pages[name] = (token_lines(tokens), image, expected)
     return pages

@@ -4,17 +4,31 @@ DocBank lists tokens in pdfplumber word order, which on a two-column page reads 
 line straight across both columns. To read the left column before the right we find the gutter
 (a vertical strip near the middle that almost no token crosses), cut each printed line at it,
 and between two full-width lines (a title, a wide figure caption) emit the left-column lines
-before the right-column ones. Lines are then grouped into blocks by label and spacing:
-title -> `# `, section -> `## `, everything else a paragraph.
+before the right-column ones. Lines are then grouped into blocks by label, spacing and first-line
+indentation: title -> `# `, section -> `## `, everything else a paragraph.
+
+The transcript is a training target, so it must not teach what the image does not show:
+pdfminer's `(cid:N)` placeholders (glyphs it could not map) are counted and, by default, dropped;
+a title-labelled line in the top band of a page other than the paper's first is the running head
+(DocBank labels it `title`, page number or date glued on), kept as a plain line, not a heading.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from statistics import median
+from typing import NamedTuple
 
 PSEUDO_TOKENS = ("##LTLine##", "##LTFigure##")
 HEADINGS = {"title": "# ", "section": "## "}
+CID = re.compile(r"\(cid:\d+\)")
+TOP_BAND = 100  # page units (of 1000): a running head sits above this
+INDENT = (8, 60)  # a first line this far (page units) right of its block's left edge starts a paragraph
+INDENTED_LABELS = ("paragraph", "abstract")
+HANGING_LABELS = ("reference", "list")  # an entry's first line sticks out left of its continuation
+RUNNING_HEAD = "running_head"  # the role of a title line that is a running head: plain text
 
 
 @dataclass
@@ -29,26 +43,29 @@ class Token:
 
 @dataclass
 class Line:
+    """A printed line (or a column's part of one); its tokens are fixed once made, so the box and
+    label are computed once."""
+
     tokens: list[Token] = field(default_factory=list)
     column: str = "full"  # full | left | right
 
-    @property
+    @cached_property
     def x0(self) -> int:
         return min(t.x0 for t in self.tokens)
 
-    @property
+    @cached_property
     def x1(self) -> int:
         return max(t.x1 for t in self.tokens)
 
-    @property
+    @cached_property
     def y0(self) -> int:
         return min(t.y0 for t in self.tokens)
 
-    @property
+    @cached_property
     def y1(self) -> int:
         return max(t.y1 for t in self.tokens)
 
-    @property
+    @cached_property
     def label(self) -> str:
         # The label most of the line's characters carry: an inline formula inside a paragraph
         # line does not split the paragraph.
@@ -58,7 +75,7 @@ class Line:
         return max(weight, key=lambda k: (weight[k], k))
 
     def text(self) -> str:
-        return " ".join(t.text for t in self.tokens)
+        return " ".join(t.text for t in self.tokens if t.text)
 
 
 def parse_tokens(content: str) -> list[Token]:
@@ -83,6 +100,20 @@ def parse_tokens(content: str) -> list[Token]:
             continue
         tokens.append(Token(text.strip(), *box, label.strip()))
     return tokens
+
+
+def count_cid(tokens: list[Token]) -> int:
+    """How many `(cid:N)` placeholders the page's tokens hold."""
+    return sum(len(CID.findall(t.text)) for t in tokens)
+
+
+def strip_cid(tokens: list[Token]) -> list[Token]:
+    """The tokens with `(cid:N)` placeholders removed from their text.
+
+    A token left empty keeps its box (it still shapes lines and columns) but adds no text.
+    """
+    return [Token(" ".join(CID.sub(" ", t.text).split()), t.x0, t.y0, t.x1, t.y1, t.label) if "(cid:" in t.text else t
+            for t in tokens]
 
 
 def find_gutter(tokens: list[Token]) -> tuple[int, int, float] | None:
@@ -187,19 +218,38 @@ def _one_line(row: list[Token], lpart: list[Token], rpart: list[Token], band_sta
     return rpart[0].x0 - lpart[-1].x1 < 12
 
 
-def transcript(tokens: list[Token]) -> tuple[str, int]:
-    """The markdown transcript of a page and its column count."""
+class Transcript(NamedTuple):
+    text: str
+    columns: int
+    running_heads: int  # lines read as a running head (plain text, not `# `)
+
+
+def transcript(tokens: list[Token], *, first_page: bool = True) -> Transcript:
+    """The markdown transcript of a page, its column count and how many running-head lines it has.
+
+    `first_page`: the page is its paper's first; elsewhere a title line in the top band is the
+    running head. It stays in the transcript as a plain line: the image shows it, and a target
+    that skips visible text teaches the model to skip text; but it is not this page's heading.
+    """
     lines, columns = reading_order(tokens)
     if not lines:
-        return "", columns
+        return Transcript("", columns, 0)
     heights = [ln.y1 - ln.y0 for ln in lines]
     line_height = median(heights)
+    # The usual step from one line to the next: on a double-spaced page it is far more than a
+    # line's height, and lines that step so are still one paragraph.
+    steps = [b.y0 - a.y0 for a, b in zip(lines, lines[1:])
+             if a.column == b.column and 0 < b.y0 - a.y0 <= 3 * line_height]
+    pitch = median(steps) if steps else line_height
     right_edge = {c: max(ln.x1 for ln in lines if ln.column == c) for c in {ln.column for ln in lines}}
     left_edge = {c: min(ln.x0 for ln in lines if ln.column == c) for c in {ln.column for ln in lines}}
     blocks: list[tuple[str, list[Line]]] = []
+    heads = 0
     for line in lines:
         label = line.label
-        if blocks and blocks[-1][0] == label and _continues(blocks[-1][1][-1], line, line_height,
+        if label == "title" and not first_page and line.y0 < TOP_BAND:
+            label, heads = RUNNING_HEAD, heads + 1
+        if blocks and blocks[-1][0] == label and _continues(blocks[-1][1], line, label, line_height, pitch,
                                                             right_edge, left_edge):
             blocks[-1][1].append(line)
         else:
@@ -207,23 +257,48 @@ def transcript(tokens: list[Token]) -> tuple[str, int]:
     parts = []
     for label, block in blocks:
         text = _join_lines(block)
-        parts.append(HEADINGS.get(label, "") + text)
-    return "\n\n".join(parts), columns
+        if text:  # a block of only (cid:N) placeholders, once they are dropped, has nothing to say
+            parts.append(HEADINGS.get(label, "") + text)
+    return Transcript("\n\n".join(parts), columns, heads)
 
 
-def _continues(prev: Line, line: Line, line_height: float, right_edge: dict, left_edge: dict) -> bool:
-    """Does `line` carry on the block that `prev` ends (same label already checked)?"""
+def _continues(block: list[Line], line: Line, label: str, line_height: float, pitch: float, right_edge: dict,
+               left_edge: dict) -> bool:
+    """Does `line` carry on `block` (same label already checked)?"""
+    prev = block[-1]
     if line.y0 < prev.y0:
-        # A jump back up: the next column. A paragraph runs on only if its last line was full.
+        # A jump back up: the next column. A paragraph runs on only if its last line was full
+        # and the new column's first line is not indented.
         extent = right_edge[prev.column] - left_edge[prev.column]
-        return prev.x1 >= right_edge[prev.column] - 0.08 * extent
-    return line.y0 - prev.y1 <= 0.6 * line_height
+        return prev.x1 >= right_edge[prev.column] - 0.08 * extent and not (
+            label in INDENTED_LABELS and _indented(line.x0 - left_edge[line.column]))
+    if line.y0 - prev.y1 > 0.6 * line_height:
+        # More space than between a single-spaced paragraph's lines: still the same paragraph if
+        # the page steps so from line to line (double spacing) and `prev` ran the column's width.
+        extent = right_edge[prev.column] - left_edge[prev.column]
+        full = prev.x1 >= right_edge[prev.column] - 0.1 * extent and prev.x1 - prev.x0 >= 0.5 * extent
+        if not (full and line.y0 - prev.y0 <= 1.3 * pitch):
+            return False
+    if label in HANGING_LABELS and prev.x0 - line.x0 >= INDENT[0]:
+        return False  # back at the left edge after an indented continuation: the next entry
+    # Paragraphs set without space between them are told apart by the first line's indent,
+    # measured against the block's own left edge in this column.
+    if label not in INDENTED_LABELS:
+        return True
+    edge = min((ln.x0 for ln in block if ln.column == line.column), default=left_edge[line.column])
+    return not _indented(line.x0 - edge)
+
+
+def _indented(offset: float) -> bool:
+    return INDENT[0] <= offset <= INDENT[1]
 
 
 def _join_lines(block: list[Line]) -> str:
     out = ""
     for line in block:
         text = line.text()
+        if not text:
+            continue
         if not out:
             out = text
         elif out.endswith("-"):

@@ -1,11 +1,13 @@
 """PlotQA (achang/plot_qa): one catalog row per chart, its data as a Markdown table.
 
 Hub layout: `data/{train,validation,test}-*.parquet` with columns image (Image) and text. `text` is
-not a caption but the chart's annotation in Donut's tag syntax: one item per series, separated by
-`<sep/>`, each with fields `<s_x>`, `<s_y>` (values separated by `<sep/>`), `<s_name>`, and
-rendering facts such as `<s_color>` and `<s_bboxes>` (a list of {x, y, w, h} marks, whose own
-`<s_x>`/`<s_y>` are nested, so the text must be parsed, not searched with regexes).
-Horizontal bars hold the categories in `y` and the values in `x`.
+not a caption but the chart's annotation in Donut's tag syntax, wrapped in Donut's start token
+`<s>` and sometimes closed by `</s>`: one item per series, separated by a top-level `<sep/>`, each
+with fields `<s_y>`, `<s_x>` (values separated by `<sep/>`), `<s_name>`, then either a line
+series' `<s_label>`, `<s_color>` or a bar series' `<s_width>`, `<s_labels>`, `<s_colors>`, and
+`<s_bboxes>` (a list of {x, y, w, h} marks, whose own `<s_x>`/`<s_y>` are nested, so the text must
+be parsed, not searched with regexes). Horizontal bars hold the categories in `y` and the values
+in `x`; line charts often give x as the indices 0…n-1 rather than the axis labels.
 """
 
 from __future__ import annotations
@@ -109,6 +111,51 @@ def _where(tag: str | None) -> str:
     return f"<s_{tag}>" if tag else "the top level"
 
 
+def unwrap(text: str) -> str:
+    """The tag text inside Donut's `<s>` … `</s>` wrapper (the closing token is optional).
+
+    The bare tag text (the wrapper already stripped, as Donut's decoding leaves it) is accepted too;
+    a stray `<s>` or `</s>` anywhere else is a TagError that says what was expected.
+    """
+    body = text.strip()
+    if body.startswith("<s>"):
+        body = body[len("<s>"):]
+        if body.endswith("</s>"):
+            body = body[:-len("</s>")]
+    elif body.endswith("</s>"):
+        raise TagError("the text ends with </s> but does not start with <s>; expected <s><s_y>…, "
+                       "optionally ending with </s>")
+    if "<s>" in body or "</s>" in body:
+        raise TagError("<s> or </s> inside the series; expected <s> only at the start and </s> only at the end")
+    return body
+
+
+# The fields a series may carry: line series spell the legend entry <s_label>/<s_color>, bar series
+# <s_labels>/<s_colors> with the bar <s_width> (both seen in achang/plot_qa's real rows).
+REQUIRED = ("y", "x", "name")
+LINE_FIELDS = frozenset({"label", "color"})
+BAR_FIELDS = frozenset({"width", "labels", "colors"})
+KNOWN_FIELDS = frozenset(REQUIRED) | LINE_FIELDS | BAR_FIELDS | {"bboxes"}
+EXPECTED = ("<s_y>, <s_x>, <s_name>, then <s_label>, <s_color> (line series) or <s_width>, <s_labels>, "
+            "<s_colors> (bar series), and <s_bboxes>")
+
+
+def _style(n: int, item: dict) -> str | None:
+    """'line' or 'bar' from the series' field spelling (None if it has neither); TagError when the
+    series has a field of neither spelling, or mixes them."""
+    unknown = sorted(item.keys() - KNOWN_FIELDS)
+    if unknown:
+        raise TagError(f"series {n} has {', '.join(f'<s_{k}>' for k in unknown)}; expected {EXPECTED}")
+    line, bar = item.keys() & LINE_FIELDS, item.keys() & BAR_FIELDS
+    if line and bar:
+        raise TagError(f"series {n} mixes line fields ({', '.join(f'<s_{k}>' for k in sorted(line))}) with bar "
+                       f"fields ({', '.join(f'<s_{k}>' for k in sorted(bar))}); expected {EXPECTED}")
+    for key in line | bar:
+        if not all(isinstance(v, str) for v in item[key]):
+            raise TagError(f"series {n} has nested fields inside <s_{key}>")
+    return "line" if line else "bar" if bar else None
+
+
 def _number(value: str) -> bool:
     try:
         float(value.replace(",", ""))
@@ -120,18 +167,23 @@ def _number(value: str) -> bool:
 def chart_table(text: str) -> tuple[str, dict]:
     """The chart's data as a Markdown table (a row per category, a column per series) and facts
     for `meta`; TagError when the text does not describe a chart."""
-    series = parse_tags(text)
+    series = parse_tags(unwrap(text))
     if not series:
         raise TagError("no series in the text")
+    styles = set()
     for n, item in enumerate(series, 1):
         if not isinstance(item, dict) or not {"x", "y", "name"} <= item.keys():
-            raise TagError(f"series {n} lacks <s_x>, <s_y> or <s_name>")
+            raise TagError(f"series {n} lacks <s_x>, <s_y> or <s_name>; expected {EXPECTED}")
+        styles.add(_style(n, item))
         if not all(isinstance(v, str) for key in ("x", "y", "name") for v in item[key]):
             raise TagError(f"series {n} has nested fields inside <s_x>, <s_y> or <s_name>")
         if len(item["name"]) != 1 or len(item["x"]) != len(item["y"]) or not item["x"]:
             raise TagError(f"series {n} has {len(item['x'])} x values, {len(item['y'])} y values "
                            f"and {len(item['name'])} names")
-    horizontal = _horizontal(series)
+    if {"line", "bar"} <= styles:
+        raise TagError("the chart mixes line series and bar series; PlotQA charts are one or the other")
+    # Line (and dot-line) charts are never horizontal: their categories are on x.
+    horizontal = False if "line" in styles else _horizontal(series)
     key, value = ("y", "x") if horizontal else ("x", "y")
     categories = series[0][key]
     for n, item in enumerate(series, 1):
@@ -145,7 +197,14 @@ def chart_table(text: str) -> tuple[str, dict]:
         lines.append("| " + " | ".join([_cell(category), *(_cell(item[value][i]) for item in series)]) + " |")
     meta = {"orientation": "horizontal" if horizontal else "vertical", "series": names,
             "categories": len(categories)}
-    colours = [item["color"][0] for item in series if isinstance(item.get("color"), list) and item["color"]]
+    styles.discard(None)
+    if styles:
+        meta["style"] = styles.pop()
+    # x as 0…n-1: the table holds the indices, not the axis labels the image shows (the tags carry
+    # no labels); flagged so that a mixture can leave such charts out.
+    if not horizontal and len(categories) > 1 and categories == [str(i) for i in range(len(categories))]:
+        meta["x_index"] = True
+    colours = [colour[0] for item in series if (colour := item.get("color") or item.get("colors"))]
     if colours:
         meta["colors"] = colours
     return "\n".join(lines), meta
@@ -199,22 +258,33 @@ def read(shard: Shard, options: dict) -> Iterator[Record]:
         yield Sample(key, vision_prompt(prompt_for(key)), table, row["image"], meta=meta)
 
 
-def chart_tags(chart: synth.SeriesChart, boxes: list[list[tuple]]) -> str:
-    """A chart in PlotQA's tag text: Donut's serialisation (keys in reverse order) of its series."""
+def chart_tags(chart: synth.SeriesChart, boxes: list[list[tuple]], *, closed: bool = True,
+               x_index: bool = False) -> str:
+    """A chart in PlotQA's real tag text: `<s>`, Donut's serialisation of its series, `</s>` if
+    `closed`. Bars carry `<s_width>`, `<s_labels>`, `<s_colors>`; lines `<s_label>`, `<s_color>`;
+    `x_index` writes a line chart's x as 0…n-1, as many real line charts do."""
     items = []
     for (name, values, colour), marks in zip(chart.series, boxes):
         numbers = "<sep/>".join(f"{v:g}" for v in values)
-        categories = "<sep/>".join(chart.categories)
+        indices = x_index and chart.kind in ("line", "dot_line")
+        categories = "<sep/>".join(map(str, range(len(chart.categories))) if indices else chart.categories)
         x, y = (numbers, categories) if chart.kind == "hbar" else (categories, numbers)
         boxes_text = "<sep/>".join(f"<s_y>{b[1]:g}</s_y><s_x>{b[0]:g}</s_x><s_w>{b[2]:g}</s_w><s_h>{b[3]:g}</s_h>"
                                    for b in marks)
-        items.append(f"<s_y>{y}</s_y><s_x>{x}</s_x><s_name>{name}</s_name><s_color>{colour}</s_color>"
-                     f"<s_bboxes>{boxes_text}</s_bboxes>")
-    return "<sep/>".join(items)
+        if chart.kind in ("vbar", "hbar"):
+            width = f"{0.8 / len(chart.series):.2g}"
+            legend = (f"<s_width>{width}</s_width><s_name>{name}</s_name><s_labels>{name}</s_labels>"
+                      f"<s_colors>{colour}</s_colors>")
+        else:
+            legend = f"<s_name>{name}</s_name><s_label>{name}</s_label><s_color>{colour}</s_color>"
+        items.append(f"<s_y>{y}</s_y><s_x>{x}</s_x>{legend}<s_bboxes>{boxes_text}</s_bboxes>")
+    return "<s>" + "<sep/>".join(items) + ("</s>" if closed else "")
 
 
 def write_sample_mirror(root: Path, rows: int, seed: int) -> None:
-    """Bar, horizontal-bar, line and dot-line charts with their tag text; several series each."""
+    """Bar, horizontal-bar, line and dot-line charts with their tag text in the hub's real form
+    (`<s>` wrapper, closed by `</s>` on every other row; both field spellings; line charts' x
+    often as indices); several series each."""
     rng = random.Random(seed)
     kinds = ["vbar", "hbar", "line", "dot_line"]
     for split, n in synth.split_sizes(rows, INFO.splits).items():
@@ -222,5 +292,6 @@ def write_sample_mirror(root: Path, rows: int, seed: int) -> None:
         for i in range(n):
             chart = synth.random_series_chart(rng, kinds[i % len(kinds)] if split == "train" else rng.choice(kinds))
             img, boxes = synth.draw_series_chart(chart)
-            records.append({"image": synth.encode(img, "PNG"), "text": chart_tags(chart, boxes)})
+            text = chart_tags(chart, boxes, closed=i % 2 == 0, x_index=rng.random() < 0.5)
+            records.append({"image": synth.encode(img, "PNG"), "text": text})
         write_hub_parquet(root / "data" / split_file_name(HUB_SPLITS[split]), records, FEATURES)

@@ -16,6 +16,10 @@ from torch.utils.data import get_worker_info
 
 from ocrcat.mix.tokenizer import Tokenizer
 
+# "all": every next token is a target (pre-training, SPEC 5); "assistant": only the answer's ids
+# (assistant content and <|assistant_end|>), as nanochat's SFT.
+LOSSES = ("all", "assistant")
+
 
 @dataclass
 class Batch:
@@ -58,15 +62,35 @@ class Batch:
             pinned[f.name] = v
         return Batch(**pinned)
 
+    def as_media(self, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """`inputs, targets, media` as the nano-DeepSeek-OCR fork's loop unpacks them.
+
+        `media["pixel_values"]` is (N_img, 3, base, base), normalised, one view per image in the
+        order of the images in `inputs`, or None for a batch without images (the fork's model then
+        skips its vision encoder). Pixels still uint8 are moved to `device` (default: where the batch
+        is) and normalised there in `dtype`. The fork's model reads one view per image (Base mode, 273
+        tokens an image): a batch with local crops is refused, since their tokens would go unfilled.
+        """
+        if self.crop_values.shape[0]:
+            raise ValueError(f"this batch has {self.crop_values.shape[0]} local crops (a tiled vision mode); "
+                             "the nano-DeepSeek-OCR fork's model reads one view per image: build the "
+                             "catalog with `ocrcat init --vision-mode base` and export again")
+        batch = self
+        if device is not None or self.pixel_values.dtype == torch.uint8:
+            batch = self.to(self.inputs.device if device is None else device, dtype)
+        pixels = batch.pixel_values if batch.pixel_values.shape[0] else None
+        return batch.inputs, batch.targets, {"pixel_values": pixels}
+
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.bfloat16) -> "Batch":
-        """Move to `device`; pixels go as uint8 (non_blocking) and become (x/255 - 0.5)/0.5 in `dtype` there."""
+        """Move to `device`; uint8 pixels go as uint8 (non_blocking) and become (x/255 - 0.5)/0.5 in `dtype` there."""
         moved = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, torch.Tensor):
                 v = v.to(device, non_blocking=True)
-                if f.name in ("pixel_values", "crop_values"):
-                    v = _normalise(v, dtype)
+                if f.name in ("pixel_values", "crop_values"):  # normalised once: a moved batch may move again
+                    v = _normalise(v, dtype) if v.dtype == torch.uint8 else v.to(dtype)
             moved[f.name] = v
         return Batch(**moved)
 
@@ -81,15 +105,20 @@ def _normalise(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 class VisionCollator:
     """`collate_fn` for MixtureDataset items.
 
-    >>> collate = VisionCollator(tokenizer, pad_to_multiple=8)
+    Targets are -1 on padding and wherever the next token is an image token, under both losses.
+
+    >>> collate = VisionCollator(tokenizer, pad_to_multiple=8)  # loss="all"; or loss="assistant"
     >>> loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=2, pin_memory=True)
     >>> for batch in loader:
     ...     inputs, targets, pixel_values, images_seq_mask = batch.to("cuda")
     """
 
-    def __init__(self, tokenizer: Tokenizer, *, pad_to_multiple: int = 1):
+    def __init__(self, tokenizer: Tokenizer, *, pad_to_multiple: int = 1, loss: str = "all"):
         if pad_to_multiple < 1:
             raise ValueError("pad_to_multiple must be at least 1")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be 'all' or 'assistant', not {loss!r}")
+        self.loss = loss
         self.image_id = tokenizer.image_token_id
         self.pad_id = tokenizer.bos_id  # any id but the image token; targets there are -1 anyway
         self.pad_to_multiple = pad_to_multiple
@@ -108,6 +137,8 @@ class VisionCollator:
         for b, (it, n) in enumerate(zip(kept, lengths)):
             inputs[b, :n] = it["ids"][:-1]
             targets[b, :n] = it["ids"][1:]
+            if self.loss == "assistant":  # only predicting the answer counts (nanochat's SFT mask)
+                targets[b, :n][~it["answer"][1:]] = -1
         # Padding never holds the image id, so the mask needs no length check.
         images_seq_mask = inputs == self.image_id
         # No loss on predicting an image token: the model is given those, it does not produce them.

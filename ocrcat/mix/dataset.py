@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from ocrcat.mix.tokenizer import Tokenizer, load_tokenizer
+from ocrcat.mix.tokenizer import LAYOUTS, TRANSCRIBE_PROMPT, Tokenizer, load_tokenizer
 from ocrcat.vision import VisionProcessor, get_mode
 
 # The columns a sample needs; an export may carry more (component, repeat, meta, …).
@@ -37,6 +37,11 @@ class MixtureDataset(torch.utils.data.Dataset):
     `max_len` bounds the ids of one sample; a longer one is cut after its image span
     (`overflow="truncate"`, the default) or dropped (`overflow="drop"`); an item that cannot be kept
     is None, and the collator counts it.
+
+    `layout` renders vision rows "plain" (SPEC 5, the default) or "chat" (the nano-DeepSeek-OCR
+    fork's `<|user_start|>` image + prompt `<|user_end|><|assistant_start|>` answer; a transcription
+    row's prompt is `prompt`). Text rows are nanochat conversations in both. Each item carries the
+    answer mask the collator's `loss="assistant"` uses.
     """
 
     def __init__(
@@ -48,9 +53,14 @@ class MixtureDataset(torch.utils.data.Dataset):
         max_len: int | None = None,
         overflow: str = "truncate",
         vision_mode: str | None = None,
+        layout: str = "plain",
+        prompt: str = TRANSCRIBE_PROMPT,
     ):
         if overflow not in ("truncate", "drop"):
             raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be 'plain' or 'chat', not {layout!r}")
+        self.layout, self.prompt = layout, prompt
         self.files, manifest = _resolve(Path(source).expanduser(), split)
         self.image_root = _image_root(manifest, self.files[0].parent)
         mode = manifest.get("vision_mode")
@@ -135,7 +145,8 @@ class MixtureDataset(torch.utils.data.Dataset):
                 raise ValueError(f"text row {r['sample_id']} (position {r['position']}) has no messages; "
                                  "`ocrcat validate` lists such rows")
             messages = json.loads(r["messages"]) if isinstance(r["messages"], str) else r["messages"]
-            ids, starts = self.tokenizer.render_conversation(messages), []
+            ids, answer = self.tokenizer.render_conversation_masked(messages)
+            starts = []
         else:
             if r["image_path"]:
                 path = Path(r["image_path"])
@@ -149,19 +160,21 @@ class MixtureDataset(torch.utils.data.Dataset):
                 crops.append(img.crops)
                 grids.append(img.grid)
                 counts.append(img.tokens)
-            ids, starts = self.tokenizer.render_vision_pretraining(r["text"], r["response"], counts)
+            ids, starts, answer = self.tokenizer.render_vision(r["text"], r["response"], counts,
+                                                               layout=self.layout, prompt=self.prompt)
         truncated = False
         if self.max_len is not None and len(ids) > self.max_len:
             image_end = max((s + c for s, c in zip(starts, counts)), default=1)
             if self.overflow == "drop" or image_end > self.max_len:
                 return None  # an image cannot be cut: the model needs every one of its tokens
-            ids, truncated = ids[: self.max_len], True
+            ids, answer, truncated = ids[: self.max_len], answer[: self.max_len], True
         t = self.processor.mode.tile_size
         base = self.processor.mode.base_size
         return {
             "position": r["position"],
             "sample_id": r["sample_id"],
             "ids": torch.tensor(ids, dtype=torch.long),
+            "answer": torch.tensor(answer, dtype=torch.bool),  # ids that loss="assistant" trains on
             "image_tokens": counts,
             # One image (every row today): its tensors as they are, no copy; the collator copies once.
             "global_views": _join(views, torch.stack, (0, 3, base, base)),
@@ -187,6 +200,12 @@ class MixtureDataset(torch.utils.data.Dataset):
             # "<image>" (7 bytes) becomes the image run; a response adds its joining "\n".
             total = pc.subtract(total, pc.multiply(pc.is_valid(t["image_path"]).cast(pa.int64()), 7))
             total = pc.add(total, pc.is_valid(t["response"]).cast(pa.int64()))
+            if self.layout == "chat":
+                # Three more specials than the plain layout and no joining "\n"; a transcription row
+                # gains "\n" + prompt in its user turn and loses the "\n" that opened its transcript.
+                prompt = len(self.prompt.encode("utf-8"))
+                extra = pc.if_else(pc.is_valid(t["response"]), 2, 3 + prompt)
+                total = pc.add(total, pc.multiply(pc.is_valid(t["image_path"]).cast(pa.int64()), extra))
             out[start:start + t.num_rows] = total.to_numpy()
         return out
 

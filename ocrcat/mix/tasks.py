@@ -3,8 +3,11 @@
 
 A task follows nanochat's `Task` protocol: `num_examples()` and `get_example(i)` on the whole
 data, and a `start/stop/step` view of it through `len()` and `task[i]`, which is all that
-nanochat's `TaskMixture` and `TaskSequence` use. An example is `{"text", "response", "image_path"}`
-for a vision row (absolute image path) and `{"messages": [...]}` for a text row.
+nanochat's `TaskMixture` and `TaskSequence` use. A text row is `{"messages": [...]}`. A vision row is,
+in `format="plain"` (default, the data plan's), `{"text", "response", "image_path"}` (absolute image
+path); in `format="chat"`, a conversation in the nano-DeepSeek-OCR fork's shape, as its FineVision
+task returns: `{"messages": [user "<image>\\n…", assistant …], "images": [path or PIL image],
+"image_path": path}` (PIL images with `images="pil"`; `image_path` is what the fork's loader opens).
 
 Rows are fetched one at a time by sample_id from a read-only connection opened per process, so a
 task can be handed to DataLoader workers. The catalog comes from `catalog=` or $OCRCAT_HOME.
@@ -23,6 +26,7 @@ import pyarrow.parquet as pq
 from ocrcat.catalog import Catalog, resolve_dir
 from ocrcat.catalog.sqltext import bind_json_arrows
 from ocrcat.mix.mixtures import PLAN_ORDER, check_split, entries_sql, get_mixture
+from ocrcat.mix.tokenizer import TRANSCRIBE_PROMPT, vision_turns
 
 SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "eval": "val", "dev": "val", "test": "test"}
 
@@ -51,10 +55,35 @@ class Task:
         return self.get_example(self.start + index * self.step)
 
 
-def _example(kind: str, text: str, response: str | None, messages: str | None, image_path: str | None) -> dict:
-    if kind == "text":
-        return {"messages": json.loads(messages)}
-    return {"text": text, "response": response, "image_path": image_path}
+class ExampleFormat:
+    """How a task writes its examples: `format` "plain" or "chat", `images` "path" or "pil" (chat only),
+    `prompt` the user turn of a transcription row (DocBank, olmOCR) in chat format."""
+
+    def __init__(self, format: str = "plain", images: str = "path", prompt: str = TRANSCRIBE_PROMPT):
+        if format not in ("plain", "chat"):
+            raise ValueError(f"unknown format {format!r}; use 'plain' (the data plan's) or 'chat' (conversations)")
+        if images not in ("path", "pil"):
+            raise ValueError(f"unknown images {images!r}; use 'path' or 'pil'")
+        self.format, self.images, self.prompt = format, images, prompt
+
+    def __call__(self, kind: str, text: str, response: str | None, messages: str | None,
+                 image_path: str | None) -> dict:
+        if kind == "text":
+            return {"messages": json.loads(messages)}
+        if self.format == "plain":
+            return {"text": text, "response": response, "image_path": image_path}
+        user, assistant = vision_turns(text, response, self.prompt)
+        return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}],
+                "images": [_open_image(image_path) if self.images == "pil" else image_path],
+                "image_path": image_path}
+
+
+def _open_image(path: str):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.load()  # read now: the file closes here, the image stays usable
+        return img
 
 
 class CatalogTask(Task):
@@ -62,11 +91,14 @@ class CatalogTask(Task):
 
     >>> CatalogTask("source = 'chartqa' AND meta->>'origin' = 'human'", split="train")
     >>> CatalogTask(mixture="stage2", split="train")
+    >>> CatalogTask(mixture="stage2", split="train", format="chat", images="pil")  # the fork's shape
     """
 
     def __init__(self, where: str = "true", *, split: str | None = None, mixture: str | None = None,
-                 catalog: str | os.PathLike | Catalog | None = None, **slicing):
+                 catalog: str | os.PathLike | Catalog | None = None, format: str = "plain",
+                 images: str = "path", prompt: str = TRANSCRIBE_PROMPT, **slicing):
         super().__init__(**slicing)
+        self.example = ExampleFormat(format, images, prompt)
         if split is not None and split not in SPLIT_ALIASES:
             raise ValueError(f"unknown split {split!r}; use train, val or test")
         split = SPLIT_ALIASES.get(split) if split else None
@@ -98,7 +130,7 @@ class CatalogTask(Task):
         ).fetchone()
         if row is None:
             raise KeyError(f"sample {int(self.ids[index])} left the catalog after this task was built; build it again")
-        return _example(*row)
+        return self.example(*row)
 
     def __getstate__(self) -> dict:
         return self.__dict__ | {"_con": None}  # connections do not cross processes
@@ -107,8 +139,10 @@ class CatalogTask(Task):
 class ExportTask(Task):
     """The rows of an export (folder with manifest.json, or one .parquet / .jsonl file), in plan order."""
 
-    def __init__(self, path: str | os.PathLike, *, split: str | None = None, **slicing):
+    def __init__(self, path: str | os.PathLike, *, split: str | None = None, format: str = "plain",
+                 images: str = "path", prompt: str = TRANSCRIBE_PROMPT, **slicing):
         super().__init__(**slicing)
+        self.example = ExampleFormat(format, images, prompt)
         self.path, manifest = _export_file(Path(path).expanduser(), split)
         root = manifest.get("image_root")
         self.image_root = Path(root) if root and manifest.get("relative_paths") else None
@@ -142,7 +176,7 @@ class ExportTask(Task):
                 row = json.loads(f.readline())
         if row["image_path"] and self.image_root is not None:
             row["image_path"] = str(self.image_root / row["image_path"])
-        return _example(row["kind"], row["text"], row["response"], row["messages"], row["image_path"])
+        return self.example(row["kind"], row["text"], row["response"], row["messages"], row["image_path"])
 
 
 def _export_file(path: Path, split: str | None) -> tuple[Path, dict]:

@@ -1,7 +1,13 @@
-"""Tokenizers behind one small interface, and the two renderings of SPEC 5.
+"""Tokenizers behind one small interface, and the renderings of SPEC 5.
 
-- vision rows: `<|bos|>` text-with-image-tokens `\\n` response `<|assistant_end|>`
+- vision rows, layout "plain" (SPEC 5, the data plan's format):
+  `<|bos|>` text-with-image-tokens `\\n` response `<|assistant_end|>`
+- vision rows, layout "chat" (the nano-DeepSeek-OCR fork's, which its evaluation prompts with):
+  `<|bos|><|user_start|>` image tokens + prompt `<|user_end|><|assistant_start|>` response `<|assistant_end|>`
 - text rows: nanochat's chat format, `<|bos|><|user_start|>…<|user_end|><|assistant_start|>…<|assistant_end|>`
+
+Every rendering also says which ids are the answer (assistant content and `<|assistant_end|>`, as
+nanochat's SFT mask): what a loss of "assistant" trains on.
 
 Three back ends: the built-in byte-level tokenizer (tests, demo), nanochat's tokenizer directory
 (`tokenizer.pkl`, a pickled tiktoken Encoding) and a Hugging Face `tokenizer.json`. Special tokens are
@@ -29,6 +35,24 @@ SPECIAL_TOKENS = [
 ]
 IMAGE_TOKEN = "<|image|>"
 IMAGE_PLACEHOLDER = "<image>"  # how catalog text marks where an image goes
+# DeepSeek-OCR's prompt for plain transcription: the user turn of a row whose text is the transcript
+# itself (DocBank, olmOCR: no response) in chat layout.
+TRANSCRIBE_PROMPT = "Free OCR."
+LAYOUTS = ("plain", "chat")
+
+
+def vision_turns(text: str, response: str | None, prompt: str = TRANSCRIBE_PROMPT) -> tuple[str, str]:
+    """A vision row as (user turn, assistant turn): the chat layout's and the Task chat format's split.
+
+    A row with a response is (text, response). A transcription row (response NULL, text = the image
+    placeholder(s) then the transcript) becomes (placeholders + "\\n" + prompt, transcript).
+    """
+    if response is not None:
+        return text, response
+    end = text.rfind(IMAGE_PLACEHOLDER)
+    end = 0 if end < 0 else end + len(IMAGE_PLACEHOLDER)
+    head, tail = text[:end], text[end:]
+    return (head + "\n" + prompt if head else prompt), tail[1:] if tail.startswith("\n") else tail
 
 
 class Tokenizer:
@@ -66,29 +90,69 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
-    def render_vision_pretraining(
-        self, text: str, response: str | None, image_token_counts: list[int]
-    ) -> tuple[list[int], list[int]]:
-        """ids and the start index of each image's run of image-token ids (SPEC 5)."""
+    def _extend_with_images(self, ids: list[int], text: str, counts: list[int], positions: list[int]) -> None:
+        """Append `text` with each placeholder replaced by its image's run of image ids (start noted)."""
         parts = text.split(IMAGE_PLACEHOLDER)
-        if len(parts) - 1 != len(image_token_counts):
+        if len(parts) - 1 != len(counts):
             raise ValueError(f"text has {len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders but "
-                             f"{len(image_token_counts)} images were given")
-        if response is not None:
-            parts[-1] = parts[-1] + "\n" + response
-        ids = [self.bos_id]
-        positions = []
+                             f"{len(counts)} images were given")
         for i, part in enumerate(parts):
             if i:
                 positions.append(len(ids))
-                ids.extend([self.image_token_id] * image_token_counts[i - 1])
+                ids.extend([self.image_token_id] * counts[i - 1])
             if part:
                 ids.extend(self.encode(part))
+
+    def render_vision_pretraining(
+        self, text: str, response: str | None, image_token_counts: list[int]
+    ) -> tuple[list[int], list[int]]:
+        """ids and the start index of each image's run of image-token ids (SPEC 5, plain layout)."""
+        ids: list[int] = [self.bos_id]
+        positions: list[int] = []
+        self._extend_with_images(ids, text if response is None else text + "\n" + response,
+                                 image_token_counts, positions)
         ids.append(self.assistant_end_id)
         return ids, positions
 
+    def render_vision(
+        self, text: str, response: str | None, image_token_counts: list[int], *, layout: str = "plain",
+        prompt: str = TRANSCRIBE_PROMPT,
+    ) -> tuple[list[int], list[int], list[bool]]:
+        """ids, image starts and the answer mask (True on the ids loss="assistant" trains on).
+
+        Plain layout: the ids of `render_vision_pretraining`, whatever the loss; the answer is what
+        follows the prompt (the response, or a transcription row's transcript). The prompt is encoded
+        alone and the answer starts where its ids stop agreeing with the whole row's, so a BPE merge
+        across the join counts as answer. Chat layout: `vision_turns`, each turn encoded by itself.
+        """
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {layout!r}; use 'plain' or 'chat'")
+        user, answer = vision_turns(text, response, prompt)
+        if layout == "chat":
+            s = self.specials
+            ids, positions = [self.bos_id, s["<|user_start|>"]], []
+            self._extend_with_images(ids, user, image_token_counts, positions)
+            ids += [s["<|user_end|>"], s["<|assistant_start|>"]]
+            cut = len(ids)
+            ids += self.encode(answer) + [self.assistant_end_id]
+            return ids, positions, [i >= cut for i in range(len(ids))]
+        ids, positions = self.render_vision_pretraining(text, response, image_token_counts)
+        # The prompt as the plain layout writes it: the text and the joining newline, or a
+        # transcription row's placeholders and the newline after them.
+        head = text + "\n" if response is not None else text[:len(text) - len(answer)]
+        prefix: list[int] = [self.bos_id]
+        self._extend_with_images(prefix, head, image_token_counts, [])
+        cut = 0
+        while cut < min(len(prefix), len(ids) - 1) and prefix[cut] == ids[cut]:
+            cut += 1
+        return ids, positions, [i >= cut for i in range(len(ids))]
+
     def render_conversation(self, messages: list[dict]) -> list[int]:
         """nanochat chat format; a system message is folded into the first user turn as nanochat does."""
+        return self.render_conversation_masked(messages)[0]
+
+    def render_conversation_masked(self, messages: list[dict]) -> tuple[list[int], list[bool]]:
+        """ids and nanochat's SFT mask: True on assistant content and `<|assistant_end|>`."""
         msgs = list(messages)
         if msgs and msgs[0].get("role") == "system":
             if len(msgs) < 2 or msgs[1].get("role") != "user":
@@ -100,7 +164,7 @@ class Tokenizer:
         if not msgs:
             raise ValueError("conversation has no assistant message")
         s = self.specials
-        ids = [self.bos_id]
+        ids, mask = [self.bos_id], [False]
         for i, m in enumerate(msgs):
             role, content = m.get("role"), m.get("content")
             if not isinstance(content, str):
@@ -108,10 +172,11 @@ class Tokenizer:
             expected = "user" if i % 2 == 0 else "assistant"
             if role != expected:
                 raise ValueError(f"message {i} has role {role!r}; expected {expected!r} (turns must alternate)")
-            ids.append(s[f"<|{role}_start|>"])
-            ids.extend(self.encode(content))
-            ids.append(s[f"<|{role}_end|>"])
-        return ids
+            body = self.encode(content)
+            ids += [s[f"<|{role}_start|>"]] + body + [s[f"<|{role}_end|>"]]
+            answer = role == "assistant"
+            mask += [False] + [answer] * (len(body) + 1)
+        return ids, mask
 
 
 class ByteTokenizer(Tokenizer):
