@@ -278,13 +278,13 @@ def ingest(
         )
     for s in summaries:
         if s.warning:
-            err.print(Text.assemble(("warning:", "yellow"), f" {s.warning}"))
+            warning(s.warning)
     errors = sum(s.errors for s in summaries)
     if errors:
         console.print(f"{errors} records rejected: see them with "
                       "ocrcat sql \"SELECT * FROM ingest_errors ORDER BY run_id DESC LIMIT 20\"")
     if failure is not None:
-        err.print(Text.assemble(("ingest failed:", "bold red"), f" {failure}"))
+        err.print(Text.assemble(("ingest failed:", "bold red"), " ", visible(str(failure))))
         raise typer.Exit(1)
 
 
@@ -678,9 +678,8 @@ def export(
         entry = manifest["exports"][split or "all"]
         console.print(f"wrote {entry['rows']} rows to {Path(out) / entry['file']} and {Path(out) / 'manifest.json'}")
     if manifest["missing_images_count"] and not as_json:  # --json carries it in the manifest
-        err.print(f"[yellow]warning:[/] {manifest['missing_images_count']} image files of this plan are missing "
-                  "(listed in manifest.json under missing_images); training will fail on their rows",
-                  highlight=False)
+        warning(f"{manifest['missing_images_count']} image files of this plan are missing "
+                "(listed in manifest.json under missing_images); training will fail on their rows")
 
 
 @app.command()

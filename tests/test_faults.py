@@ -134,11 +134,11 @@ def tmpfs(tmp_path):
 
 
 def test_full_image_disk_fails_the_run_keeps_old_rows_and_resumes(tmp_path, tmpfs):
-    old, new = write_chartqa(tmp_path / "old", 10, seed=1), write_chartqa(tmp_path / "new", 100, seed=2)
+    old, new = write_chartqa(tmp_path / "old", 10, seed=1), write_chartqa(tmp_path / "new", 900, seed=2, group=300)
     catalog = tmp_path / "catalog"
-    real_fs = tmpfs(catalog / "images", "320k")  # the old split's 10 images fit, the new 100 do not
-    env = None if real_fs else with_hook(tmp_path, write_fault(25, "raise OSError(errno.ENOSPC, "
-                                                                   "os.strerror(errno.ENOSPC), str(final))"))
+    real_fs = tmpfs(catalog / "images", "3200k")  # the old 10 images and ~390 new ones fit, not all 900
+    env = None if real_fs else with_hook(tmp_path, write_fault(400, "raise OSError(errno.ENOSPC, "
+                                                                    "os.strerror(errno.ENOSPC), str(final))"))
     assert run(ingest_args(old, catalog)).returncode == 0
     before = snapshot(catalog)
     assert len(before) == 10
@@ -153,7 +153,7 @@ def test_full_image_disk_fails_the_run_keeps_old_rows_and_resumes(tmp_path, tmpf
     run_row = last_run(catalog)
     assert run_row["status"] == "failed" and "No space left on device" in run_row["message"]
     landed = pending_rows(catalog)
-    assert landed % 20 == 0 and landed < 100  # whole shards only, kept for the resume
+    assert landed % 300 == 0 and 0 < landed < 900  # whole shards only, kept for the resume
     assert not [p for p in image_files(catalog) if p.endswith(".tmp")]  # no partial file left
 
     # The cause fixed (more room), the same command resumes at the failed shard.
@@ -168,7 +168,7 @@ def test_full_image_disk_fails_the_run_keeps_old_rows_and_resumes(tmp_path, tmpf
 
 
 def test_io_error_in_a_worker_fails_the_shard_not_one_error_row(tmp_path):
-    mirror, catalog = write_chartqa(tmp_path / "m", 100, seed=3), tmp_path / "catalog"
+    mirror, catalog = write_chartqa(tmp_path / "m", 1200, seed=3, group=300), tmp_path / "catalog"
     env = with_hook(tmp_path, write_fault(3, "raise OSError(errno.EIO, os.strerror(errno.EIO), str(final))"))
     failed = run(ingest_args(mirror, catalog, "--workers", "2"), env=env)
     assert failed.returncode == 1
@@ -178,14 +178,14 @@ def test_io_error_in_a_worker_fails_the_shard_not_one_error_row(tmp_path):
         assert cat.con.execute("SELECT count(*) FROM samples").fetchone()[0] == 0
         assert cat.con.execute("SELECT count(*) FROM ingest_errors").fetchone()[0] == 0  # a fault is not bad input
     assert last_run(catalog)["status"] == "failed"
-    assert pending_rows(catalog) % 20 == 0
+    assert pending_rows(catalog) % 300 == 0
     resumed = run(ingest_args(mirror, catalog, "--workers", "2"))
     assert resumed.returncode == 0, resumed.stderr
     assert snapshot(catalog) == clean_snapshot(tmp_path, mirror)
 
 
 def test_a_worker_that_dies_fails_the_run(tmp_path):
-    mirror, catalog = write_chartqa(tmp_path / "m", 100, seed=4), tmp_path / "catalog"
+    mirror, catalog = write_chartqa(tmp_path / "m", 1200, seed=4, group=300), tmp_path / "catalog"
     failed = run(ingest_args(mirror, catalog, "--workers", "2"), env=with_hook(tmp_path, write_fault(5, "os._exit(3)")))
     assert failed.returncode == 1
     assert "a worker process died" in failed.stderr and f"{TRAIN}:g" in failed.stderr
@@ -218,7 +218,7 @@ def test_full_catalog_disk_says_no_space_left(tmp_path, tmpfs):
 
 
 def test_corrupt_parquet_page_fails_its_shard_and_resumes_when_replaced(tmp_path):
-    mirror, catalog = write_chartqa(tmp_path / "m", 60, seed=6), tmp_path / "catalog"
+    mirror, catalog = write_chartqa(tmp_path / "m", 900, seed=6, group=300), tmp_path / "catalog"
     path = mirror / "chartqa" / TRAIN
     good = path.read_bytes()
     column = pq.ParquetFile(path).metadata.row_group(1).column(0)  # image.bytes of the 2nd row group
@@ -230,7 +230,7 @@ def test_corrupt_parquet_page_fails_its_shard_and_resumes_when_replaced(tmp_path
     assert failed.returncode == 1
     message = " ".join(failed.stderr.split())
     assert f"shard {TRAIN}:g1:0 ({path})" in message and "Deserializing page header failed" in message
-    assert snapshot(catalog) == [] and pending_rows(catalog) == 20  # shard g0 kept, g1 nothing, g2 not reached
+    assert snapshot(catalog) == [] and pending_rows(catalog) == 300  # shard g0 kept, g1 nothing, g2 not reached
     assert last_run(catalog)["status"] == "failed"
 
     path.write_bytes(good)
@@ -305,7 +305,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "SIGINT"])
 def test_no_worker_survives_the_main_process(how, tmp_path):
-    mirror, catalog = write_chartqa(tmp_path / "m", 100, seed=9), tmp_path / "catalog"
+    mirror, catalog = write_chartqa(tmp_path / "m", 1200, seed=9, group=300), tmp_path / "catalog"
     env = with_hook(tmp_path, write_fault(0, "time.sleep(0.5)"))  # slow workers: still busy when killed
     main = subprocess.Popen(OCRCAT + ingest_args(mirror, catalog, "--workers", "2"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)

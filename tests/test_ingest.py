@@ -234,14 +234,14 @@ KILLER = textwrap.dedent(
 
 
 def test_sigkill_mid_ingest_then_rerun_equals_uninterrupted(sample_mirror_factory, tmp_path):
-    root = sample_mirror_factory("chartqa", rows=300)  # 240 train rows in 3 row groups = 3 shards
-    killed = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path / "killed"), str(root), "150"])
+    root = sample_mirror_factory("chartqa", rows=700)  # 560 train rows: groups of 100 merged, 500 + 60
+    killed = subprocess.run([sys.executable, "-c", KILLER, str(tmp_path / "killed"), str(root), "520"])
     assert killed.returncode == -9
     with Catalog(tmp_path / "killed", read_only=True) as cat:
         visible = cat.con.execute("SELECT count(*) FROM samples").fetchone()[0]
         partial = cat.con.execute("SELECT count(*) FROM samples_pending").fetchone()[0]
     assert visible == 0  # readers see nothing of a run that has not completed
-    assert partial == 100  # the first shard (a 100-row group) is kept for the resume, not the one being written
+    assert partial == 500  # the first shard (five 100-row groups) is kept for the resume, not the one being written
     rerun = subprocess.run(OCRCAT + ["ingest", "chartqa", "--mirror", str(root), "--catalog", str(tmp_path / "killed")],
                            capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr

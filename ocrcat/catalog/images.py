@@ -93,7 +93,7 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int, i
             fmt, (width, height) = img.format, img.size
             # PIL looks for a PNG's EXIF by decoding the whole image (it may follow the pixels):
             # only ask when the file has an eXIf chunk at all.
-            has_exif = fmt != "PNG" or b"eXIf" in data
+            has_exif = fmt != "PNG" or b"eXIf" in data or b"Raw profile type exif" in data
             if has_exif and img.getexif().get(0x0112) in (5, 6, 7, 8):
                 # EXIF turns it by 90 degrees: the model sees the transposed image (SPEC 5),
                 # so record that size, or image_tokens would disagree with the crops.

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from ocrcat.ingest.base import MirrorError, Shard
 
-ROWS_PER_SHARD = 256
+ROWS_PER_SHARD = 512
 
 # Feature types as the hub's `huggingface` schema metadata spells them.
 IMAGE = {"_type": "Image"}
@@ -33,9 +33,12 @@ class SchemaMismatch(MirrorError):
 
 
 def plan_files(files: list[Path], root: Path, rows_per_shard: int = ROWS_PER_SHARD,
-               features: dict | None = None) -> list[Shard]:
-    """Shards of at most `rows_per_shard` rows, never crossing a row group; one record per row.
+               features: dict | None = None, merge_groups: bool = False) -> list[Shard]:
+    """Shards of at most `rows_per_shard` rows, one record per row.
 
+    A large row group is cut into several shards. With `merge_groups`, consecutive small row
+    groups of a file share a shard up to `rows_per_shard` rows (the hub writes image datasets in
+    100-row groups; one commit per 100 rows costs the main process more than the rows do).
     With `features` (the source's columns in the hub's serialised form) every file's schema is
     checked first, so a file of another dataset fails the plan instead of every record.
     """
@@ -50,20 +53,40 @@ def plan_files(files: list[Path], root: Path, rows_per_shard: int = ROWS_PER_SHA
         if features:
             check_schema(parquet.schema_arrow, features, path)
         meta = parquet.metadata
+        base = {"path": str(path), "file": rel}
+        merged: list[int] = []  # consecutive whole groups waiting to become one shard
+        merged_rows = 0
+
+        def close_merged() -> None:
+            nonlocal merged, merged_rows
+            if len(merged) == 1:
+                shards.append(_slice_shard(rel, base, meta, merged[0], 0, merged_rows, rows_per_shard))
+            elif merged:
+                shards.append(Shard(f"{rel}:g{merged[0]}-{merged[-1]}", merged_rows,
+                                    {**base, "groups": merged, "first_row": _rows_before(meta, merged[0])}))
+            merged, merged_rows = [], 0
+
         for group in range(meta.num_row_groups):
             n = meta.row_group(group).num_rows
+            if merge_groups and n <= rows_per_shard:
+                if merged_rows + n > rows_per_shard:
+                    close_merged()
+                merged.append(group)
+                merged_rows += n
+                continue
+            close_merged()
             for start in range(0, n, rows_per_shard):
-                stop = min(n, start + rows_per_shard)
-                shards.append(
-                    Shard(
-                        key=f"{rel}:g{group}:{start}",
-                        size=stop - start,
-                        payload={"path": str(path), "file": rel, "group": group,
-                                 "start": start, "stop": stop, "per_shard": rows_per_shard,
-                                 "first_row": _rows_before(meta, group) + start},
-                    )
-                )
+                shards.append(_slice_shard(rel, base, meta, group, start, min(n, start + rows_per_shard),
+                                           rows_per_shard))
+        close_merged()
     return shards
+
+
+def _slice_shard(rel: str, base: dict, meta: pq.FileMetaData, group: int, start: int, stop: int,
+                 per_shard: int) -> Shard:
+    return Shard(f"{rel}:g{group}:{start}", stop - start,
+                 {**base, "group": group, "start": start, "stop": stop, "per_shard": per_shard,
+                  "first_row": _rows_before(meta, group) + start})
 
 
 def check_schema(schema: pa.Schema, features: dict, path: Path) -> None:
@@ -128,7 +151,9 @@ def read_rows(shard: Shard, columns: list[str]) -> Iterator[tuple[int, dict[str,
     """(row index within the file, row as a dict) for each row of a shard planned by plan_files."""
     p = shard.payload
     pf = pq.ParquetFile(p["path"])
-    if p["start"] == 0 and p["stop"] == pf.metadata.row_group(p["group"]).num_rows:
+    if "groups" in p:  # several whole groups
+        table = pf.read_row_groups(p["groups"], columns=columns)
+    elif p["start"] == 0 and p["stop"] == pf.metadata.row_group(p["group"]).num_rows:
         table = pf.read_row_group(p["group"], columns=columns)
     else:
         # A slice of a large row group: stream it in shard-sized batches and stop after this one,
@@ -182,7 +207,7 @@ def split_file_name(split: str, index: int = 0, count: int = 1) -> str:
 
 def plan_split(root: Path, pattern: str, features: dict | None = None) -> list[Shard]:
     """Shards of every Parquet file of one split (`pattern` relative to the source's mirror)."""
-    return plan_files(sorted(root.glob(pattern)), root, features=features)
+    return plan_files(sorted(root.glob(pattern)), root, features=features, merge_groups=True)
 
 
 def row_key(shard: Shard, index: int) -> str:

@@ -81,6 +81,7 @@ SAMPLE_SCHEMA = pa.schema(
 )
 assert SAMPLE_SCHEMA.names == SAMPLE_COLUMN_NAMES
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PLAN_VERSION = 2  # 2: small Parquet row groups merged into one shard
 
 # Finished shards are committed together once this many records or seconds have gathered: a lake
 # commit (a Parquet file, a snapshot, SQLite writes) costs a fraction of a second whatever its size,
@@ -262,8 +263,9 @@ def _apply_limit(shards: list[Shard], limit: int | None) -> list[Shard]:
 
 def _fingerprint(source: str, split: str, options: dict, limit: int | None, mode: str, limits: caps.Limits) -> str:
     """What shapes the rows of a run: same fingerprint = an interrupted run may be resumed."""
-    text = json.dumps([source, split, options, limit, mode] + ([limits.as_dict()] if limits != caps.Limits() else []),
-                      sort_keys=True, default=str)
+    # PLAN_VERSION: shards planned differently by another version are not resumed, but redone.
+    text = json.dumps([source, split, options, limit, mode, PLAN_VERSION]
+                      + ([limits.as_dict()] if limits != caps.Limits() else []), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -305,7 +307,7 @@ def _ingest_split(
                 f"{source}/{split}: {summary.errors} of {summary.rows + summary.errors} records rejected "
                 f"(error rate {summary.error_rate:.2%}) is above --max-error-rate {max_error_rate:.2%}; "
                 "the previous rows are unchanged; see the rejected records with "
-                f"ocrcat sql \"SELECT * FROM ingest_errors WHERE run_id = {run_id}\""
+                f"ocrcat sql \"SELECT * FROM ingest_errors WHERE source = '{source}' AND split = '{split}'\""
             )
         try:
             _commit_run(catalog, source, split, fingerprint, summary)
