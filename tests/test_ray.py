@@ -81,7 +81,7 @@ def test_unreachable_cluster_is_a_clear_error(mirror, tmp_path):
 # --- SPEC §6 on Ray: a task's fault fails its shard loudly; a killed driver resumes.
 
 
-def write_chartqa(root: Path, n: int, group: int = 20, bad: frozenset = frozenset()) -> Path:
+def write_chartqa(root: Path, n: int, group: int = 300, bad: frozenset = frozenset()) -> Path:
     """A ChartQA mirror of `n` train rows with distinct noise images, `group` rows a row group (a
     shard); rows in `bad` have an empty label list (a bad record)."""
     def png(i: int) -> bytes:
@@ -107,7 +107,7 @@ def ray_ingest(mirror: Path, catalog_dir: Path, env: dict | None = None, args: l
 
 
 def test_a_failed_ray_task_fails_its_shard_loudly_and_the_rerun_resumes(tmp_path):
-    mirror, catalog_dir = write_chartqa(tmp_path / "m", 100), tmp_path / "catalog"
+    mirror, catalog_dir = write_chartqa(tmp_path / "m", 900), tmp_path / "catalog"  # 3 shards of 300
     path = mirror / "chartqa" / TRAIN
     good = path.read_bytes()
     page = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset  # image bytes of shard g1
@@ -123,7 +123,7 @@ def test_a_failed_ray_task_fails_its_shard_loudly_and_the_rerun_resumes(tmp_path
     # Other shards may have finished on the other node before the fault: whole ones, never g1.
     done = [k for (k,) in table(catalog_dir, "SELECT shard_key FROM ingest_shards")]
     assert f"{TRAIN}:g1:0" not in done
-    assert table(catalog_dir, "SELECT count(*) FROM samples_pending") == [(20 * len(done),)]
+    assert table(catalog_dir, "SELECT count(*) FROM samples_pending") == [(300 * len(done),)]
 
     path.write_bytes(good)
     resumed = ray_ingest(mirror, catalog_dir)
@@ -132,11 +132,11 @@ def test_a_failed_ray_task_fails_its_shard_loudly_and_the_rerun_resumes(tmp_path
                               "LIMIT 1") == [(True, "completed")]
     clean = tmp_path / "clean"
     assert ray_ingest(mirror, clean).returncode == 0
-    assert snapshot(catalog_dir) == snapshot(clean) and len(snapshot(clean)[0]) == 100
+    assert snapshot(catalog_dir) == snapshot(clean) and len(snapshot(clean)[0]) == 900
 
 
 def test_kill_9_of_the_driver_mid_run_then_rerun_equals_uninterrupted(tmp_path):
-    mirror, catalog_dir = write_chartqa(tmp_path / "m", 400), tmp_path / "catalog"
+    mirror, catalog_dir = write_chartqa(tmp_path / "m", 2400), tmp_path / "catalog"  # 8 shards of 300
     # Slow image writes in the Ray workers (they import this sitecustomize through the PYTHONPATH the
     # driver hands them), so the run spans several commits and can be killed between them.
     hook = tmp_path / "hook"
@@ -146,7 +146,7 @@ def test_kill_9_of_the_driver_mid_run_then_rerun_equals_uninterrupted(tmp_path):
         from ocrcat.catalog import images
         _real = images.ImageStore._write
         def _write(self, final, data):
-            time.sleep(0.05)
+            time.sleep(0.01)
             return _real(self, final, data)
         images.ImageStore._write = _write
     """))
@@ -167,7 +167,7 @@ def test_kill_9_of_the_driver_mid_run_then_rerun_equals_uninterrupted(tmp_path):
         driver.kill()
         driver.wait()
     assert driver.returncode == -9
-    shards = 400 // 20
+    shards = 2400 // 300
     assert 0 < table(catalog_dir, "SELECT count(*) FROM ingest_shards")[0][0] < shards
     assert table(catalog_dir, "SELECT status FROM ingest_runs") == [("running",)]  # killed: nothing recorded it
 
@@ -178,7 +178,7 @@ def test_kill_9_of_the_driver_mid_run_then_rerun_equals_uninterrupted(tmp_path):
     clean = tmp_path / "clean"
     assert ray_ingest(mirror, clean).returncode == 0
     assert snapshot(catalog_dir) == snapshot(clean)  # rows and image files: the killed run's leftovers swept
-    assert len(snapshot(clean)[0]) == 400
+    assert len(snapshot(clean)[0]) == 2400
 
 
 def test_max_error_rate_on_ray_fails_the_split_and_keeps_the_old_rows(tmp_path):
