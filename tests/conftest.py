@@ -61,3 +61,24 @@ def add_synthetic_rows():
         )
 
     return add
+
+
+def mirror_and_local_catalog(tmp_path_factory, name: str, sources: list[str], seed: int) -> tuple[Path, Path]:
+    """A sample mirror of `sources` and a catalog ingested from it by the local pool: the reference
+    the scale-out tests (Ray, a shared catalog) compare their catalogs with."""
+    from ocrcat.catalog import Catalog
+    from ocrcat.ingest.runner import ingest
+
+    root = tmp_path_factory.mktemp(f"{name}-mirror")
+    write_sample_mirror(root, sources, rows=24, seed=seed)
+    catalog_dir = tmp_path_factory.mktemp(f"{name}-local") / "catalog"
+    with Catalog(catalog_dir) as cat:
+        for source in sources:
+            ingest(cat, source, mirror=root, workers=2)
+    return root, catalog_dir
+
+
+def image_files(catalog_dir: Path) -> dict[str, bytes]:
+    """Every file of a local catalog's image store, by path relative to the catalog, with its bytes."""
+    return {p.relative_to(catalog_dir).as_posix(): p.read_bytes()
+            for p in sorted((catalog_dir / "images").rglob("*")) if p.is_file()}

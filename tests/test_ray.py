@@ -18,6 +18,8 @@ import pytest
 from PIL import Image
 
 from ocrcat.catalog import Catalog
+
+from conftest import image_files, mirror_and_local_catalog
 from ocrcat.ingest import chartqa
 from ocrcat.ingest.parquet import split_file_name, write_hub_parquet
 from ocrcat.ingest.runner import ingest
@@ -36,27 +38,22 @@ def snapshot(catalog_dir: Path) -> tuple[list, dict]:
     with Catalog(catalog_dir, read_only=True) as cat:
         rows = cat.con.execute(
             "SELECT * EXCLUDE (ingest_run) FROM samples ORDER BY sample_id").fetchall()
-    images = {p.relative_to(catalog_dir).as_posix(): p.read_bytes()
-              for p in sorted((catalog_dir / "images").rglob("*")) if p.is_file()}
-    return rows, images
+    return rows, image_files(catalog_dir)
 
 
 @pytest.fixture(scope="module")
-def mirror(tmp_path_factory) -> Path:
-    from ocrcat.ingest.mirror import write_sample_mirror
-
-    root = tmp_path_factory.mktemp("ray-mirror")
-    write_sample_mirror(root, SOURCES, rows=24, seed=3)
-    return root
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    return mirror_and_local_catalog(tmp_path_factory, "ray", SOURCES, seed=3)
 
 
 @pytest.fixture(scope="module")
-def local_catalog(mirror, tmp_path_factory) -> Path:
-    catalog_dir = tmp_path_factory.mktemp("local") / "catalog"
-    with Catalog(catalog_dir) as cat:
-        for source in SOURCES:
-            ingest(cat, source, mirror=mirror, workers=2)
-    return catalog_dir
+def mirror(reference) -> Path:
+    return reference[0]
+
+
+@pytest.fixture(scope="module")
+def local_catalog(reference) -> Path:
+    return reference[1]
 
 
 def test_ray_ingest_equals_the_local_pool(mirror, local_catalog, tmp_path):

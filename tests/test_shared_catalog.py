@@ -23,6 +23,8 @@ from ocrcat.mix.embed import export_embedded
 from ocrcat.mix.export import export_mixture
 from ocrcat.mix.mixtures import create_mixture
 
+from conftest import image_files, mirror_and_local_catalog
+
 PG = os.environ.get("OCRCAT_TEST_POSTGRES")
 S3 = os.environ.get("OCRCAT_TEST_S3_ENDPOINT")
 RAY = os.environ.get("OCRCAT_TEST_RAY")
@@ -73,27 +75,19 @@ def s3_objects(url: str) -> dict[str, bytes]:
     return out
 
 
-def local_images(catalog_dir: Path) -> dict[str, bytes]:
-    return {p.relative_to(catalog_dir).as_posix(): p.read_bytes()
-            for p in sorted((catalog_dir / "images").rglob("*")) if p.is_file()}
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, Path]:
+    return mirror_and_local_catalog(tmp_path_factory, "shared", SOURCES, seed=5)
 
 
 @pytest.fixture(scope="module")
-def mirror(tmp_path_factory) -> Path:
-    from ocrcat.ingest.mirror import write_sample_mirror
-
-    root = tmp_path_factory.mktemp("shared-mirror")
-    write_sample_mirror(root, SOURCES, rows=24, seed=5)
-    return root
+def mirror(reference) -> Path:
+    return reference[0]
 
 
 @pytest.fixture(scope="module")
-def local_catalog(mirror, tmp_path_factory) -> Path:
-    catalog_dir = tmp_path_factory.mktemp("local") / "catalog"
-    with Catalog(catalog_dir) as cat:
-        for source in SOURCES:
-            ingest(cat, source, mirror=mirror, workers=2)
-    return catalog_dir
+def local_catalog(reference) -> Path:
+    return reference[1]
 
 
 def test_ray_ingest_into_postgres_and_s3_equals_the_local_default(mirror, local_catalog, tmp_path):
@@ -106,7 +100,7 @@ def test_ray_ingest_into_postgres_and_s3_equals_the_local_default(mirror, local_
 
     objects = s3_objects(data)
     images = {k: v for k, v in objects.items() if k.startswith("images/")}
-    assert images == local_images(local_catalog)  # the same keys and bytes as the local store
+    assert images == image_files(local_catalog)  # the same keys and bytes as the local store
     assert any(k.startswith("lake/") and k.endswith(".parquet") for k in objects)  # lake data on S3 too
     assert all(k.startswith(("images/", "lake/")) for k in objects)  # nothing else written there
     assert not (tmp_path / "work" / "catalog.sqlite").exists() and not (tmp_path / "work" / "images").exists()
