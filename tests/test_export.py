@@ -216,3 +216,20 @@ def test_cli_export(catalog, tmp_path):
     assert result.exit_code == 0 and "m.all.jsonl" in result.output, result.output
     result = runner.invoke(app, ["export", "m", "--out", str(tmp_path), "--format", "csv"], env=env)
     assert result.exit_code == 2 and "use parquet or jsonl" in result.output
+
+
+def test_plan_sorted_in_many_buckets_is_the_same_file(catalog, tmp_path, monkeypatch):
+    """plan_rows sorts the plan a hash bucket at a time (bounded memory); however many buckets, the
+    rows, their order and the file's bytes are those of one sort, and no bucket file is left."""
+    import ocrcat.mix.export as export
+
+    with Catalog(catalog, read_only=True) as cat:
+        view = cat.con.execute("SELECT position, sample_id, component, repeat FROM mix_m").fetchall()
+        export_mixture(cat, "m", tmp_path / "two")  # this small catalog: the minimum, two buckets
+        monkeypatch.setattr(export, "BUCKET_ROWS", 50)  # about 64 buckets
+        export_mixture(cat, "m", tmp_path / "many")
+    many = tmp_path / "many" / "m.all.parquet"
+    assert _sha(many) == _sha(tmp_path / "two" / "m.all.parquet")
+    table = pq.read_table(many, columns=["position", "sample_id", "component", "repeat"])
+    assert list(zip(*(c.to_pylist() for c in table.columns))) == view
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["m.all.parquet", "manifest.json"]

@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 
 import pyarrow.fs as pafs
 
+from ocrcat.catalog.sqltext import sql_string
+
 AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
                  "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE")
 
@@ -49,15 +51,15 @@ def filesystem(url: str) -> tuple[pafs.FileSystem, str]:
 def duckdb_secret(con) -> None:
     """Give DuckDB's httpfs the environment's S3 settings as a temporary (never persisted) secret."""
     host, scheme = _endpoint()
-    options = ["TYPE s3", f"REGION {_q(_region())}"]
+    options = ["TYPE s3", f"REGION {sql_string(_region())}"]
     if os.environ.get("AWS_ACCESS_KEY_ID"):
-        options += [f"KEY_ID {_q(os.environ['AWS_ACCESS_KEY_ID'])}",
-                    f"SECRET {_q(os.environ.get('AWS_SECRET_ACCESS_KEY', ''))}"]
+        options += [f"KEY_ID {sql_string(os.environ['AWS_ACCESS_KEY_ID'])}",
+                    f"SECRET {sql_string(os.environ.get('AWS_SECRET_ACCESS_KEY', ''))}"]
         if os.environ.get("AWS_SESSION_TOKEN"):
-            options.append(f"SESSION_TOKEN {_q(os.environ['AWS_SESSION_TOKEN'])}")
+            options.append(f"SESSION_TOKEN {sql_string(os.environ['AWS_SESSION_TOKEN'])}")
     if host:
         # A self-hosted endpoint (MinIO, moto) serves buckets as paths, not as host names.
-        options += [f"ENDPOINT {_q(host)}", "URL_STYLE 'path'", f"USE_SSL {str(scheme == 'https').lower()}"]
+        options += [f"ENDPOINT {sql_string(host)}", "URL_STYLE 'path'", f"USE_SSL {str(scheme == 'https').lower()}"]
     con.execute(f"CREATE OR REPLACE TEMPORARY SECRET ocrcat_s3 ({', '.join(options)})")
 
 
@@ -65,6 +67,3 @@ def aws_environment() -> dict[str, str]:
     """The AWS variables of this process, to hand to Ray tasks (their workers do not inherit ours)."""
     return {k: os.environ[k] for k in AWS_VARIABLES if k in os.environ}
 
-
-def _q(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

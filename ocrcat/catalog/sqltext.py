@@ -1,4 +1,4 @@
-"""SQL text as users write it, made to mean what they meant on the pinned DuckDB.
+"""SQL text: string literals, and SQL as users write it made to mean what they meant on the pinned DuckDB.
 
 DuckDB 1.5's grammar gives the JSON arrows `->` and `->>` a lower precedence than `AND` and `=`
 (they share the lambda arrow's rule), so `source = 'x' AND meta->>'origin' = 'human'` parses as
@@ -28,6 +28,12 @@ _TOKEN = re.compile(
     re.VERBOSE | re.DOTALL,
 )
 _LITERAL = re.compile(r"'(?:[^']|'')*'|\d+")
+
+
+def sql_string(text: str) -> str:
+    """`text` as a SQL string literal. For the places DuckDB takes no parameter (COPY's target, DDL)
+    or where one costs: a prepared `read_parquet(?)` streams about 20x slower than a literal path."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def bind_json_arrows(sql: str) -> str:

@@ -53,6 +53,7 @@ from ocrcat import vision
 from ocrcat.catalog import extensions
 from ocrcat.catalog.images import open_store
 from ocrcat.catalog.schema import DDL, SCHEMA_VERSION, TABLES
+from ocrcat.catalog.sqltext import sql_string
 
 DEFAULT_DIR = "ocrcat-data"
 METADATA_NAME = "catalog.sqlite"
@@ -173,11 +174,11 @@ class Catalog:
         # The data path is given on every attach (and overrides the stored one), so a catalog
         # folder can be moved or mounted elsewhere; data file paths are stored relative to it.
         if self.shared:
-            options = [f"DATA_PATH {_quote(self.shared['data'] + '/' + DATA_DIR + '/')}", "OVERRIDE_DATA_PATH TRUE",
-                       f"METADATA_SCHEMA {_quote(self.shared['schema'])}"]
+            options = [f"DATA_PATH {sql_string(self.shared['data'] + '/' + DATA_DIR + '/')}", "OVERRIDE_DATA_PATH TRUE",
+                       f"METADATA_SCHEMA {sql_string(self.shared['schema'])}"]
         else:
             options = [
-                f"DATA_PATH {_quote(self.data_path.resolve().as_posix() + '/')}",
+                f"DATA_PATH {sql_string(self.data_path.resolve().as_posix() + '/')}",
                 "OVERRIDE_DATA_PATH TRUE",
                 # WAL: a reader never blocks a writer nor the other way round. busy_timeout: wait
                 # (instead of failing) for the moment SQLite needs to switch between them.
@@ -187,7 +188,7 @@ class Catalog:
             options.append("READ_ONLY")
         if self.at is not None:
             options.append(f"SNAPSHOT_VERSION {int(self.at)}")
-        target = _quote(f"ducklake:{self.shared['metadata']}" if self.shared
+        target = sql_string(f"ducklake:{self.shared['metadata']}" if self.shared
                         else f"ducklake:sqlite:{self.metadata_path.resolve().as_posix()}")
         try:
             self.con.execute(f"ATTACH {target} AS {LAKE} ({', '.join(options)})")
@@ -344,9 +345,6 @@ def connect(shared: bool = False) -> duckdb.DuckDBPyConnection:
         raise CatalogError(str(exc)) from None
     return con
 
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from ocrcat.catalog import Catalog
 from ocrcat.catalog.objects import filesystem
 from ocrcat.catalog.snapshots import stable_snapshot
-from ocrcat.mix.export import ROW_GROUP, SCHEMA, _batches, catalog_state, export_sql
+from ocrcat.mix.export import ROW_GROUP, SCHEMA, _batches, catalog_state, plan_rows
 from ocrcat.mix.mixtures import MixtureError, check_split, get_mixture
 
 EMBED_ROW_GROUP = 64
@@ -85,8 +86,25 @@ def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split:
     fs, root = open_destination(out)
     fs.create_dir(root, recursive=True)
     stem = f"{name}.{split or 'all'}"
-    relation = catalog.con.sql(export_sql(definition, split), params=[""])
-    reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader)(64 * 1024)
+    # The plan's rows are bucketed on local disk (plan_rows) even when the shards go to S3.
+    with plan_rows(catalog, definition, split, "", Path(tempfile.gettempdir())) as reader:
+        shards = _write_shards(catalog, reader, fs, root, stem, shard_mb, row_group)
+    manifest = {
+        "mixture": definition, "seed": definition["seed"], "vision_mode": catalog.vision_mode,
+        "catalog": catalog.shared["file"] if catalog.shared else str(catalog.dir.resolve()),
+        "catalog_state": catalog_state(catalog), "snapshot": stable_snapshot(catalog),
+        "embedded_images": True, "format": "parquet", "split": split or "all",
+        "columns": EMBED_SCHEMA.names, "row_group_size": row_group,
+        "rows": sum(s["rows"] for s in shards), "shards": shards, "files": [s["file"] for s in shards],
+    }
+    with fs.open_output_stream(f"{root}/manifest.json") as f:
+        f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    return manifest
+
+
+def _write_shards(catalog: Catalog, reader: pa.RecordBatchReader, fs, root: str, stem: str, shard_mb: int,
+                  row_group: int) -> list[dict]:
+    """Shards of about `shard_mb` MB, each under its final name only once complete."""
     shards, writer, current = [], None, None
     try:
         for table in _batches(reader):
@@ -112,17 +130,7 @@ def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split:
         if writer is not None:
             writer.close()
             fs.delete_file(f"{root}/.{current['file']}.tmp")
-    manifest = {
-        "mixture": definition, "seed": definition["seed"], "vision_mode": catalog.vision_mode,
-        "catalog": catalog.shared["file"] if catalog.shared else str(catalog.dir.resolve()),
-        "catalog_state": catalog_state(catalog), "snapshot": stable_snapshot(catalog),
-        "embedded_images": True, "format": "parquet", "split": split or "all",
-        "columns": EMBED_SCHEMA.names, "row_group_size": row_group,
-        "rows": sum(s["rows"] for s in shards), "shards": shards, "files": [s["file"] for s in shards],
-    }
-    with fs.open_output_stream(f"{root}/manifest.json") as f:
-        f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
-    return manifest
+    return shards
 
 
 def _with_images(catalog: Catalog, table: pa.Table) -> pa.Table:

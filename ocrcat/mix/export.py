@@ -16,8 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +32,11 @@ import pyarrow.parquet as pq
 
 from ocrcat.catalog import Catalog
 from ocrcat.catalog.snapshots import stable_snapshot
+from ocrcat.catalog.sqltext import sql_string
 from ocrcat.mix.mixtures import PLAN_ORDER, MixtureError, check_split, entries_sql, get_mixture
 
 ROW_GROUP = 1024
+BUCKET_ROWS = 250_000  # rows sorted at a time (plan_rows): about 100-300 MB of joined rows
 FORMATS = ("parquet", "jsonl")
 
 # The agreed export schema (read by ocrcat.mix.dataset); columns may be added at the end.
@@ -54,22 +62,60 @@ SCHEMA = pa.schema([
 JSONL_FIRST = ("text", "response", "image_path")
 
 
-def export_sql(definition: dict, split: str | None = None) -> str:
-    """The plan's entries joined to their samples, in plan order and the export's column order.
+@contextmanager
+def plan_rows(catalog: Catalog, definition: dict, split: str | None, image_prefix: str,
+              work: Path) -> Iterator[pa.RecordBatchReader]:
+    """The plan's entries joined to their samples, in plan order and SCHEMA's column order, as an
+    Arrow stream (positions are left NULL: `_batches` numbers the rows as they stream out).
 
-    `?` is the image path prefix (a parameter: a folder name never becomes SQL). Positions are
-    numbered as the ordered rows stream out (`_batches`): one sort of the wide rows instead of a
-    second one just for row_number().
+    One ORDER BY over the joined wide rows would have to hold them all: at 5 M rows DuckDB's sort
+    went far past its memory limit. But the plan's first sort key is a uniform 64-bit hash, so its
+    top bits cut the plan into buckets that are already in plan order among themselves. One pass
+    writes the joined rows into a Parquet file per bucket (a hidden folder under `work`, removed
+    afterwards), then each bucket of a few hundred thousand rows is sorted on its own: memory is
+    one bucket's, whatever the catalog's size, and the output is the very same rows in the same order.
     """
-    return f"""
-    WITH e AS ({entries_sql(definition, split)})
-    SELECT CAST(NULL AS BIGINT) AS position, s.sample_id, e.component, e.repeat, s.source, s.split, s.kind,
-           s.text, s.response, CAST(s.messages AS VARCHAR) AS messages,
-           CASE WHEN s.image_path IS NULL THEN NULL ELSE ? || s.image_path END AS image_path,
-           s.image_width, s.image_height, s.image_tokens, CAST(s.meta AS VARCHAR) AS meta,
-           s.source_key, s.image_sha256
-    FROM e JOIN samples s USING (sample_id)
-    ORDER BY {', '.join(f"e.{c.strip()}" for c in PLAN_ORDER.split(','))}"""
+    n = catalog.con.execute("SELECT count(*) FROM samples").fetchone()[0]
+    bits = min(8, max(1, math.ceil(math.log2(max(n, 1) / BUCKET_ROWS))))
+    parts = Path(tempfile.mkdtemp(prefix=".ocrcat-plan-", dir=work))
+    try:
+        catalog.con.execute(f"""
+            COPY (WITH e AS ({entries_sql(definition, split)})
+                  SELECT e.key >> {64 - bits} AS bucket, e.key, s.sample_id, e.component, e.repeat, s.source,
+                         s.split, s.kind, s.text, s.response, CAST(s.messages AS VARCHAR) AS messages, s.image_path,
+                         s.image_width, s.image_height, s.image_tokens, CAST(s.meta AS VARCHAR) AS meta,
+                         s.source_key, s.image_sha256
+                  FROM e JOIN samples s USING (sample_id))
+            TO {sql_string(str(parts))} (FORMAT parquet, PARTITION_BY (bucket), COMPRESSION lz4_raw)""")
+        buckets = sorted(int(p.name.removeprefix("bucket=")) for p in parts.glob("bucket=*"))
+        columns = ", ".join({"position": "CAST(NULL AS BIGINT) AS position",
+                             "image_path": f"CASE WHEN image_path IS NULL THEN NULL ELSE {sql_string(image_prefix)} || image_path END AS image_path",
+                             }.get(name, name) for name in SCHEMA.names)
+
+        reader = catalog.con.cursor()  # the bucket files are plain Parquet: any connection reads them
+
+        def sorted_bucket(b: int) -> pa.Table:
+            bucket = sql_string(f"{parts}/bucket={b}/*.parquet")  # a literal: see sql_string
+            return reader.sql(f"SELECT {columns} FROM read_parquet({bucket}) ORDER BY {PLAN_ORDER}").to_arrow_table()
+
+        def ordered() -> Iterator[pa.RecordBatch]:
+            # DuckDB sorts the next bucket while the caller writes this one (both release the GIL).
+            if not buckets:  # an empty plan
+                return
+            with ThreadPoolExecutor(1) as pool:
+                ahead = pool.submit(sorted_bucket, buckets[0])
+                for following in buckets[1:] + [None]:
+                    table = ahead.result()
+                    if following is not None:
+                        ahead = pool.submit(sorted_bucket, following)
+                    yield from table.cast(SCHEMA).to_batches(64 * ROW_GROUP)
+
+        try:
+            yield pa.RecordBatchReader.from_batches(SCHEMA, ordered())
+        finally:
+            reader.close()
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
 
 
 def catalog_state(catalog: Catalog) -> dict:
@@ -123,11 +169,6 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
     data = out / f"{name}.{split or 'all'}.{format}"
     tmp = data.with_name(f".{data.name}.tmp")
     check_split(catalog, definition, split)
-    missing = missing_images(catalog, definition, split)
-    if missing["count"] and require_images:
-        raise MixtureError(
-            f"{missing['count']} image files of this plan are missing from {root} (first: {missing['first'][0]}); "
-            "nothing was written; run ocrcat validate to see which rows, and re-ingest their sources")
     if memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit):
         raise MixtureError(f"memory limit {memory_limit!r} is not a size like 1GB or 512MiB")
     con = catalog.con
@@ -135,11 +176,13 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
     try:
         if memory_limit:
             con.execute(f"SET memory_limit = '{memory_limit}'")
-        relation = con.sql(export_sql(definition, split), params=["" if relative_paths else f"{root}/"])
-        # A relation streams; a DB-API result would be copied whole first. DuckDB 2 calls the
-        # reader to_arrow_reader, older versions fetch_arrow_reader.
-        reader = (getattr(relation, "to_arrow_reader", None) or relation.fetch_arrow_reader)(64 * ROW_GROUP)
-        counts = (_write_parquet if format == "parquet" else _write_jsonl)(reader, tmp)
+        missing = missing_images(catalog, definition, split)
+        if missing["count"] and require_images:
+            raise MixtureError(
+                f"{missing['count']} image files of this plan are missing from {root} (first: {missing['first'][0]}); "
+                "nothing was written; run ocrcat validate to see which rows, and re-ingest their sources")
+        with plan_rows(catalog, definition, split, "" if relative_paths else f"{root}/", out) as reader:
+            counts = (_write_parquet if format == "parquet" else _write_jsonl)(reader, tmp)
         os.replace(tmp, data)
     finally:
         tmp.unlink(missing_ok=True)
@@ -180,12 +223,16 @@ def missing_images(catalog: Catalog, definition: dict, split: str | None = None)
     Python stat per image, so millions of rows cost a directory listing.
     """
     root = catalog.image_root if catalog.shared else catalog.dir.resolve().as_posix()
+    # A semi-join (the plan's ids are narrow) and a top-100 instead of a list of every missing path:
+    # a catalog without its images (a copy of the lake alone) has millions of them.
     count, first = catalog.con.execute(
-        f"""WITH paths AS (SELECT DISTINCT s.image_path AS path FROM ({entries_sql(definition, split)}) e
-                           JOIN samples s USING (sample_id) WHERE s.image_path IS NOT NULL),
-                 disk AS (SELECT file FROM glob(? || '/images/*/*/*'))
-            SELECT count(*), list(path ORDER BY path)[1:100] FROM paths
-            WHERE ? || '/' || path NOT IN (SELECT file FROM disk)""",
+        f"""WITH paths AS (SELECT DISTINCT image_path AS path FROM samples
+                           WHERE image_path IS NOT NULL
+                             AND sample_id IN (SELECT sample_id FROM ({entries_sql(definition, split)}))),
+                 missing AS (SELECT path FROM paths ANTI JOIN glob(? || '/images/*/*/*') disk
+                             ON ? || '/' || path = disk.file)
+            SELECT (SELECT count(*) FROM missing),
+                   (SELECT list(path) FROM (SELECT path FROM missing ORDER BY path LIMIT 100))""",
         [root, root],
     ).fetchone()
     return {"count": count, "first": first or []}

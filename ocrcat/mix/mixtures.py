@@ -35,7 +35,7 @@ from pathlib import Path
 import duckdb
 
 from ocrcat.catalog import Catalog, CatalogError
-from ocrcat.catalog.sqltext import bind_json_arrows
+from ocrcat.catalog.sqltext import bind_json_arrows, sql_string
 
 TEXT_COMPONENT = "text"  # the component name of the rows drawn for the text share
 DEFAULT_TEXT_PREDICATE = "kind = 'text'"
@@ -61,9 +61,6 @@ def _sql_key(*parts: str) -> str:
     text = " || ':' || ".join(f"CAST({p} AS VARCHAR)" for p in parts)
     return f"CAST('0x' || substr(md5({text}), 1, 16) AS UBIGINT)"
 
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 # --- definitions -----------------------------------------------------------------------------
@@ -169,19 +166,19 @@ def entries_sql(definition: dict, split: str | None = None) -> str:
     order is ORDER BY PLAN_ORDER (the seeded key, then the entry itself: a total order)."""
     check_split_name(split)
     seed = int(definition["seed"])
-    in_split = f" AND split = {_quote(split)}" if split else ""
+    in_split = f" AND split = {sql_string(split)}" if split else ""
     comps = _components(definition)
     matches = "\n      UNION ALL ".join(
-        f"SELECT {_quote(name)} AS component, sample_id FROM samples WHERE ({predicate}\n){in_split}"
+        f"SELECT {sql_string(name)} AS component, sample_id FROM samples WHERE ({predicate}\n){in_split}"
         for name, predicate, _ in comps
     )
-    weighted = ", ".join(f"({_quote(n)}, CAST({_quote(repr(w))} AS DOUBLE))" for n, _, w in comps if w is not None)
+    weighted = ", ".join(f"({sql_string(n)}, CAST({sql_string(repr(w))} AS DOUBLE))" for n, _, w in comps if w is not None)
     # Whole weights need no draw: every row exactly w times. Fractions and the text share rank
     # their rows by a seeded key and take the first `target mod n` once more.
     whole = [n for n, _, w in comps if w is not None and w == int(w)]
     drawn = [n for n, _, w in comps if w is None or w != int(w)]
     copies = [
-        f"SELECT component, sample_id, CAST({int(w)} AS BIGINT) AS copies FROM matches WHERE component = {_quote(n)}"
+        f"SELECT component, sample_id, CAST({int(w)} AS BIGINT) AS copies FROM matches WHERE component = {sql_string(n)}"
         for n, _, w in comps if n in whole
     ]
     if drawn:
@@ -191,15 +188,15 @@ def entries_sql(definition: dict, split: str | None = None) -> str:
              t.target // t.n + CAST(row_number() OVER (PARTITION BY m.component ORDER BY {pick}, m.sample_id)
                                     <= t.target % t.n AS BIGINT) AS copies
       FROM matches m JOIN targets t USING (component)
-      WHERE m.component IN ({', '.join(map(_quote, drawn))})"""
+      WHERE m.component IN ({', '.join(map(sql_string, drawn))})"""
         )
     text_target = ""
     if definition["text_share"]:
-        share = f"CAST({_quote(repr(float(definition['text_share'])))} AS DOUBLE)"
+        share = f"CAST({sql_string(repr(float(definition['text_share'])))} AS DOUBLE)"
         text_target = f"""
       UNION ALL
       SELECT component, n, CAST(floor({share} / (1 - {share}) * (SELECT coalesce(sum(target), 0) FROM weighted) + 0.5) AS BIGINT)
-      FROM sizes WHERE component = {_quote(TEXT_COMPONENT)}"""
+      FROM sizes WHERE component = {sql_string(TEXT_COMPONENT)}"""
     order = _sql_key(str(seed), "component", "repeat", "sample_id")
     union_copies = "\n      UNION ALL ".join(copies)
     return f"""WITH
@@ -423,7 +420,7 @@ def describe_mixture(catalog: Catalog, name: str, split: str | None = None) -> d
     con = catalog.con
     comps = _components(definition)
     entries = entries_sql(definition, split)  # checks the split
-    in_split = f" AND split = {_quote(split)}" if split else ""
+    in_split = f" AND split = {sql_string(split)}" if split else ""
     rows = {n: con.execute(f"SELECT count(*) FROM samples WHERE ({p}\n){in_split}").fetchone()[0] for n, p, _ in comps}
     realised = dict(con.execute(f"SELECT component, count(*) FROM ({entries}) GROUP BY 1").fetchall())
     promised = promised_counts(definition, rows)
