@@ -221,13 +221,24 @@ def test_cli_export(catalog, tmp_path):
 def test_plan_sorted_in_many_buckets_is_the_same_file(catalog, tmp_path, monkeypatch):
     """plan_rows sorts the plan a hash bucket at a time (bounded memory); however many buckets, the
     rows, their order and the file's bytes are those of one sort, and no bucket file is left."""
+    import shutil
+
     import ocrcat.mix.export as export
 
+    buckets = []  # how many bucket folders each export sorted, seen as they are removed
+    rmtree = shutil.rmtree
+
+    def counting_rmtree(path, **kwargs):
+        buckets.append(len(list(Path(path).glob("bucket=*"))))
+        rmtree(path, **kwargs)
+
+    monkeypatch.setattr(export.shutil, "rmtree", counting_rmtree)
     with Catalog(catalog, read_only=True) as cat:
         view = cat.con.execute("SELECT position, sample_id, component, repeat FROM mix_m").fetchall()
         export_mixture(cat, "m", tmp_path / "two")  # this small catalog: the minimum, two buckets
         monkeypatch.setattr(export, "BUCKET_ROWS", 50)  # about 64 buckets
         export_mixture(cat, "m", tmp_path / "many")
+    assert buckets[0] == 2 and buckets[1] >= 32, buckets
     many = tmp_path / "many" / "m.all.parquet"
     assert _sha(many) == _sha(tmp_path / "two" / "m.all.parquet")
     table = pq.read_table(many, columns=["position", "sample_id", "component", "repeat"])

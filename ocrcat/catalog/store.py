@@ -346,7 +346,6 @@ def connect(shared: bool = False) -> duckdb.DuckDBPyConnection:
     return con
 
 
-
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
     try:
         con.execute("ROLLBACK")

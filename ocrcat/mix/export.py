@@ -92,28 +92,28 @@ def plan_rows(catalog: Catalog, definition: dict, split: str | None, image_prefi
                              "image_path": f"CASE WHEN image_path IS NULL THEN NULL ELSE {sql_string(image_prefix)} || image_path END AS image_path",
                              }.get(name, name) for name in SCHEMA.names)
 
-        reader = catalog.con.cursor()  # the bucket files are plain Parquet: any connection reads them
-
-        def sorted_bucket(b: int) -> pa.Table:
+        def sorted_bucket(con, b: int) -> pa.Table:
             bucket = sql_string(f"{parts}/bucket={b}/*.parquet")  # a literal: see sql_string
-            return reader.sql(f"SELECT {columns} FROM read_parquet({bucket}) ORDER BY {PLAN_ORDER}").to_arrow_table()
+            return con.sql(f"SELECT {columns} FROM read_parquet({bucket}) ORDER BY {PLAN_ORDER}").to_arrow_table()
 
         def ordered() -> Iterator[pa.RecordBatch]:
-            # DuckDB sorts the next bucket while the caller writes this one (both release the GIL).
+            # DuckDB sorts the next bucket (on a cursor of its own: the bucket files are plain
+            # Parquet) while the caller writes this one; both release the GIL.
             if not buckets:  # an empty plan
                 return
-            with ThreadPoolExecutor(1) as pool:
-                ahead = pool.submit(sorted_bucket, buckets[0])
+            with catalog.con.cursor() as con, ThreadPoolExecutor(1) as pool:
+                ahead = pool.submit(sorted_bucket, con, buckets[0])
                 for following in buckets[1:] + [None]:
                     table = ahead.result()
                     if following is not None:
-                        ahead = pool.submit(sorted_bucket, following)
+                        ahead = pool.submit(sorted_bucket, con, following)
                     yield from table.cast(SCHEMA).to_batches(64 * ROW_GROUP)
 
+        rows = ordered()
         try:
-            yield pa.RecordBatchReader.from_batches(SCHEMA, ordered())
+            yield pa.RecordBatchReader.from_batches(SCHEMA, rows)
         finally:
-            reader.close()
+            rows.close()  # waits for a bucket still being sorted before its files go
     finally:
         shutil.rmtree(parts, ignore_errors=True)
 

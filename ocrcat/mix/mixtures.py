@@ -62,7 +62,6 @@ def _sql_key(*parts: str) -> str:
     return f"CAST('0x' || substr(md5({text}), 1, 16) AS UBIGINT)"
 
 
-
 # --- definitions -----------------------------------------------------------------------------
 
 def check_name(name: str, what: str = "mixture") -> str:
