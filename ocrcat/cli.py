@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime
 import decimal
+import faulthandler
 import json
 import re
 import sys
@@ -36,6 +37,15 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _every_command() -> None:
+    # A crash inside a native library (DuckDB, its extensions, PIL) prints the Python stack that
+    # led to it, so a report says which step died; the command's own guarantees do not change.
+    faulthandler.enable()
+
+
 # Values from the data are printed as they are: no Rich markup (`[/]`, `\sqrt[n]{x}`), no emoji
 # codes (`:x:`); styled words are Text objects built in code (error, warning).
 console = Console(markup=False, emoji=False, highlight=False)

@@ -312,3 +312,38 @@ def test_seen_ids_find_repeats_above_2_63_and_after_merges():
     probe = np.array([1000, 1001 + 2 * (3 * SeenIds.MERGE_AT - 1), 999, 7], dtype=np.uint64)
     assert seen.known(probe).tolist() == [True, True, False, False]
     assert SeenIds().known(np.array([1], dtype=np.uint64)).tolist() == [False]
+
+
+def test_two_connections_spilling_at_once_keep_their_own_data(tmp_path):
+    """DuckDB names spill files the same everywhere and removes the folder on close: each
+    connection (in any process) must spill into a folder of its own."""
+    from ocrcat.catalog.store import connect
+
+    query = "SELECT i, md5(i::VARCHAR) AS s FROM range(2000000) t(i) ORDER BY s"
+    first, second = connect(), connect()
+    for con in (first, second):
+        con.execute("SET memory_limit = '64MB'")
+        con.execute("SET preserve_insertion_order = true")
+    assert first.execute("SELECT current_setting('temp_directory')").fetchone() != \
+        second.execute("SELECT current_setting('temp_directory')").fetchone()
+    reading = first.execute(query)
+    head = reading.fetchmany(1000)  # the first has spilled its sorted runs and is part-way through
+    assert second.execute(f"SELECT count(*), sum(i) FROM ({query})").fetchall() == [(2_000_000, 1999999000000)]
+    second.close()  # removes its own spill folder, and so must not remove the first's
+    rest = reading.fetchall()
+    assert len(head) + len(rest) == 2_000_000 and sum(i for i, _ in head + rest) == 1999999000000
+    keys = [s for _, s in head + rest]
+    assert keys == sorted(keys)
+    first.close()
+
+
+def test_spill_folders_of_dead_processes_are_removed():
+    from ocrcat.catalog import store
+
+    parent = Path(store._spill_folder()).parent
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (parent / f"{dead}-0").mkdir()
+    (parent / f"{dead}-0" / "duckdb_temp_storage_DEFAULT-0.tmp").write_bytes(b"x" * 10)
+    store.connect().close()
+    assert not (parent / f"{dead}-0").exists()

@@ -34,9 +34,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import json
 import os
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -334,8 +336,7 @@ def connect(shared: bool = False) -> duckdb.DuckDBPyConnection:
     the shared catalog's servers: PostgreSQL, and S3 with the environment's settings)."""
     from ocrcat.catalog.objects import duckdb_secret
 
-    spill = Path(tempfile.gettempdir()) / f"ocrcat-duckdb-{os.getuid()}"
-    con = duckdb.connect(config={"autoinstall_known_extensions": False, "temp_directory": str(spill)})
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "temp_directory": str(_spill_folder())})
     try:
         extensions.load(con, extensions.LOCAL + (("postgres", "httpfs") if shared else ()))
         if shared:
@@ -344,6 +345,36 @@ def connect(shared: bool = False) -> duckdb.DuckDBPyConnection:
         con.close()
         raise CatalogError(str(exc)) from None
     return con
+
+
+def _spill_folder() -> Path:
+    """A folder of its own for this connection's spilled buffers.
+
+    DuckDB names its temporary files the same in every process (duckdb_temp_storage_DEFAULT-0.tmp)
+    and removes the folder when a connection closes, so two ocrcat processes sharing one folder
+    would overwrite and delete each other's spilled data. DuckDB creates the folder on first use
+    and removes it on close; folders of processes that died are removed here.
+    """
+    parent = Path(tempfile.gettempdir()) / f"ocrcat-duckdb-{os.getuid()}"
+    parent.mkdir(mode=0o700, exist_ok=True)
+    for old in parent.iterdir():
+        pid = old.name.partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return parent / f"{os.getpid()}-{next(_SPILL_IDS)}"
+
+
+_SPILL_IDS = itertools.count()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
