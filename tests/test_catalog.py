@@ -68,6 +68,45 @@ def test_bad_images_are_refused(data, message):
         inspect_image(data)
 
 
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "I;16"])
+@pytest.mark.parametrize("interlace", [False, True])
+def test_png_sizes_read_from_the_header_agree_with_pil(mode, interlace):
+    from ocrcat.catalog.images import _plain_png_size
+
+    image = Image.effect_noise((37, 23), 60).convert("L").convert(mode)
+    buf = io.BytesIO()
+    if interlace:  # PIL writes no interlaced PNG: patch IHDR's interlace byte and its CRC
+        image.save(buf, "PNG")
+        data = bytearray(buf.getvalue())
+        data[28] = 1
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+        data = bytes(data)
+    else:
+        image.save(buf, "PNG")
+        data = buf.getvalue()
+    with Image.open(io.BytesIO(data)) as opened:
+        assert _plain_png_size(data) == opened.size == (37, 23)
+    assert inspect_image(data) == ("PNG", 37, 23)
+
+
+def test_unusual_pngs_are_left_to_pil():
+    from ocrcat.catalog.images import _plain_png_size
+
+    data = png_bytes()
+    assert _plain_png_size(data) is not None
+    bad_depth = data[:24] + bytes([3]) + data[25:]  # bit depth 3 exists for no colour type
+    exif = Image.open(io.BytesIO(data))
+    exif_buf = io.BytesIO()
+    exif_data = Image.Exif()
+    exif_data[0x0112] = 6  # rotated by 90 degrees: the recorded size is the transposed one
+    exif.save(exif_buf, "PNG", exif=exif_data.tobytes())
+    assert _plain_png_size(bad_depth) is None and _plain_png_size(exif_buf.getvalue()) is None
+    with pytest.raises(BadImage):
+        inspect_image(bad_depth)
+    width, height = Image.open(io.BytesIO(data)).size
+    assert inspect_image(exif_buf.getvalue()) == ("PNG", height, width)
+
+
 def test_truncated_jpeg_is_refused():
     buf = io.BytesIO()
     Image.effect_noise((300, 200), 60).convert("RGB").save(buf, "JPEG", quality=90)

@@ -32,6 +32,7 @@ import hashlib
 import itertools
 import json
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import threading
@@ -184,6 +185,8 @@ def ingest(
     if ray:
         connect_ray(ray)  # before planning: an unreachable cluster is said at once
         root = root.resolve()  # tasks run in other working directories
+    elif workers > 1:
+        _start_fork_server()  # it imports the ingest code while this process plans and opens the run
     source = registry.get(source_name)
     info = source.INFO
     opts = registry.parse_options(source, []) | (options or {})
@@ -661,6 +664,13 @@ def _worker_context():
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["ocrcat.ingest.runner"])
     return ctx
+
+
+def _start_fork_server() -> None:
+    """Start the fork server now, if this platform has one; returns at once (its imports, ~0.5 s,
+    run in the server process)."""
+    if _worker_context().get_start_method() == "forkserver":
+        multiprocessing.forkserver.ensure_running()
 
 
 def _worker_init(main_pid: int) -> None:
