@@ -359,7 +359,7 @@ def _spill_folder() -> Path:
     parent.mkdir(mode=0o700, exist_ok=True)
     for old in parent.iterdir():
         pid = old.name.partition("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     return parent / f"{os.getpid()}-{next(_SPILL_IDS)}"
 
@@ -367,14 +367,20 @@ def _spill_folder() -> Path:
 _SPILL_IDS = itertools.count()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` is running (a zombie counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True  # another user's process
-    return True
+    # A zombie still answers kill(0): it is dead all the same.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return True  # no /proc: trust kill(0)
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:

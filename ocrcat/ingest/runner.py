@@ -52,6 +52,7 @@ from ocrcat.catalog import Catalog, ImageStore, sample_id
 from ocrcat.catalog.images import open_store
 from ocrcat.catalog.images import UnsafeSweep
 from ocrcat.catalog.snapshots import compact
+from ocrcat.catalog.store import process_alive
 from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
 from ocrcat.ingest import limits as caps
 from ocrcat.ingest import registry
@@ -687,30 +688,15 @@ def _worker_init(main_pid: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # the kernel kills us when the parent dies
     except (OSError, AttributeError):
         pass  # not Linux: the watchdog below still ends us within half a second
-    if not _alive(main_pid) or os.getppid() != parent:  # it died before prctl took effect
+    if not process_alive(main_pid) or os.getppid() != parent:  # it died before prctl took effect
         os._exit(1)
     threading.Thread(target=_watch, args=(parent, main_pid), daemon=True, name="parent-watchdog").start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0): it is dead all the same.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return True  # no /proc: trust kill(0)
 
 
 def _watch(parent: int, main_pid: int) -> None:
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent or not _alive(main_pid):
+        if os.getppid() != parent or not process_alive(main_pid):
             os._exit(1)
 
 
