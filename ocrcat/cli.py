@@ -43,7 +43,10 @@ app = typer.Typer(
 def _every_command() -> None:
     # A crash inside a native library (DuckDB, its extensions, PIL) prints the Python stack that
     # led to it, so a report says which step died; the command's own guarantees do not change.
-    faulthandler.enable()
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError):  # stderr is no real file (captured, as in CliRunner)
+        pass
 
 
 # Values from the data are printed as they are: no Rich markup (`[/]`, `\sqrt[n]{x}`), no emoji
