@@ -359,6 +359,26 @@ def test_every_command_has_help_with_an_example():
             assert "Example:" in (sub.help or ""), f"ocrcat {name} {sub.name}: --help lacks an example"
 
 
+def test_a_native_crash_in_a_command_prints_the_python_stack(tmp_path):
+    """faulthandler is on in every command: a segfault in a native library names the Python step."""
+    crash = textwrap.dedent("""
+        import ctypes, sys
+        import ocrcat.catalog.store as store
+        from ocrcat.cli import app
+        def connect(shared=False):  # stands for a crash inside DuckDB while the catalog opens
+            ctypes.string_at(0)
+        store.connect = connect
+        sys.argv = ["ocrcat", "stats", "--catalog", sys.argv[1]]
+        app()
+    """)
+    (tmp_path / "catalog").mkdir()
+    (tmp_path / "catalog" / "catalog.sqlite").touch()
+    done = subprocess.run([sys.executable, "-c", crash, str(tmp_path / "catalog")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == -11, done.stderr
+    assert "Fatal Python error: Segmentation fault" in done.stderr and "in connect" in done.stderr, done.stderr
+
+
 def test_realdata_latex_formulas_ingest(tmp_path, catalog_dir):
     """Real TexTeller formula crops packed into the hub layout ingest without errors."""
     from conftest import REALDATA
