@@ -89,11 +89,16 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int, i
     if not data:
         raise BadImage("empty image bytes")
     plain_png = _plain_png_size(data)
-    if plain_png is not None:
-        width, height = plain_png
-        if width * height > max_pixels:
-            raise _too_large(width, height, max_pixels)
-        return "PNG", width, height
+    fmt, width, height = ("PNG", *plain_png) if plain_png else _pil_header(data, max_pixels)
+    if fmt not in _EXTENSIONS:
+        raise BadImage(f"unsupported image format {fmt}")
+    if width * height > max_pixels:
+        raise _too_large(width, height, max_pixels)
+    return fmt, width, height
+
+
+def _pil_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
+    """(format, width, height) as PIL opens the bytes, size after EXIF rotation."""
     try:
         with _pixel_cap(max_pixels), Image.open(io.BytesIO(data)) as img:
             fmt, (width, height) = img.format, img.size
@@ -108,10 +113,6 @@ def image_header(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[str, int, i
         raise _too_large(*_claimed_size(data), max_pixels) from None
     except Exception as exc:  # PIL raises many types for bad data: all mean "not an image"
         raise BadImage(f"cannot decode image: {exc}") from None
-    if fmt not in _EXTENSIONS:
-        raise BadImage(f"unsupported image format {fmt}")
-    if width * height > max_pixels:
-        raise _too_large(width, height, max_pixels)
     return fmt, width, height
 
 
