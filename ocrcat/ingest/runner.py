@@ -107,8 +107,11 @@ class ShardFault(Exception):
 
 @dataclass
 class ShardResult:
+    """What a worker sends back for one shard. Its rows travel as one Arrow table (SAMPLE_SCHEMA):
+    a few buffers to pickle, and nothing for the main process to convert before its insert."""
+
     shard_key: str
-    rows: list[dict] = field(default_factory=list)
+    rows: pa.Table = field(default_factory=SAMPLE_SCHEMA.empty_table)
     errors: list[Rejected] = field(default_factory=list)
     skipped: int = 0
     images: int = 0
@@ -360,7 +363,7 @@ def _land_in_batches(catalog: Catalog, source: str, split: str, fingerprint: str
             land()
             raise
         batch.extend(finished)
-        gathered += sum(len(r.rows) + len(r.errors) + r.skipped for r in finished)
+        gathered += sum(r.rows.num_rows + len(r.errors) + r.skipped for r in finished)
         if gathered >= COMMIT_RECORDS or time.monotonic() - since >= COMMIT_SECONDS:
             land()
     land()
@@ -482,25 +485,25 @@ def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, 
     commit succeeded) is an error row; the first one is kept. The check is in memory rather than a
     join per commit (SeenIds: 8 bytes an id in the main process).
     """
-    rows, errors, marks, ids = [], [], [], set()
-    earlier = iter(seen.known(np.fromiter((r["sample_id"] for result in batch for r in result.rows),
-                                          dtype=np.uint64)))
+    table = pa.concat_tables([result.rows for result in batch])
+    ids = table.column("sample_id").to_numpy()
+    keep = np.zeros(len(ids), dtype=bool)
+    keep[np.unique(ids, return_index=True)[1]] = True  # the first of each id in this batch
+    keep &= ~seen.known(ids)
+    errors, marks, at = [], [], 0
     for result in batch:
-        result_errors, landed = list(result.errors), 0
-        for row in result.rows:
-            sid = row["sample_id"]
-            if next(earlier) or sid in ids:
-                result_errors.append(Rejected(row["source_key"], "insert",
-                                              "duplicate source_key: an earlier record had it; first kept"))
-                continue
-            ids.add(sid)
-            rows.append({**row, "ingest_run": run_id})
-            landed += 1
-        errors += result_errors
-        result.landed, result.rejected = landed, len(result_errors)
-        marks.append([source, split, fingerprint, result.shard_key, run_id, landed, len(result_errors),
+        n = result.rows.num_rows
+        kept = keep[at:at + n]
+        duplicates = [] if kept.all() else [
+            Rejected(key, "insert", "duplicate source_key: an earlier record had it; first kept")
+            for key in result.rows.column("source_key").filter(pa.array(~kept)).to_pylist()]
+        errors += result.errors + duplicates
+        result.landed, result.rejected = int(kept.sum()), len(result.errors) + len(duplicates)
+        marks.append([source, split, fingerprint, result.shard_key, run_id, result.landed, result.rejected,
                       result.skipped])
-    table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
+        at += n
+    if not keep.all():
+        table = table.filter(keep)
 
     def write(con) -> None:
         con.register("shard_batch", table)
@@ -517,7 +520,7 @@ def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, 
 
     first = batch[0].shard_key + (f" (+{len(batch) - 1} more)" if len(batch) > 1 else "")
     catalog.commit(write, f"ingest {source}/{split}: shards {first} (run {run_id})", kind="shard", run_id=run_id)
-    seen.add(np.fromiter(ids, dtype=np.uint64, count=len(ids)))
+    seen.add(ids[keep])
 
 
 def _commit_run(catalog: Catalog, source: str, split: str, fingerprint: str, summary: RunSummary) -> None:
@@ -711,7 +714,7 @@ def process_shard(shard: Shard, source_name: str, split: str, image_root: str, m
     source = registry.get(source_name)
     caps.use(limits)
     store = _run_store(image_root, limits.max_image_pixels, run_id)
-    result = ShardResult(shard.key)
+    result, rows = ShardResult(shard.key), []
     limit = shard.payload.get("_limit")
     try:
         for record in itertools.islice(source.read(shard, options), limit):
@@ -722,10 +725,13 @@ def process_shard(shard: Shard, source_name: str, split: str, image_root: str, m
             else:
                 row = _to_row(record, source.INFO.kind, source_name, split, store, mode, result)
                 if row is not None:
-                    result.rows.append(row)
+                    rows.append(row)
     except Exception as exc:
         raise ShardFault(f"shard {shard.key} ({_shard_file(shard)}) failed: {_cause(exc)}; nothing of "
                          "this shard landed; fix the cause and rerun the same command to resume") from None
+    for row in rows:
+        row["ingest_run"] = run_id
+    result.rows = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     return result
 
 
