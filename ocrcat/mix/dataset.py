@@ -14,6 +14,8 @@ pixels; normalisation happens later on the device (see collate.py).
 from __future__ import annotations
 
 import bisect
+import ctypes
+import functools
 import hashlib
 import io
 import json
@@ -169,6 +171,8 @@ class MixtureDataset(torch.utils.data.Dataset):
         return self._group(g).slice(i - self.starts[g], 1).to_pylist()[0]
 
     def __getitem__(self, i: int) -> dict | None:
+        if torch.utils.data.get_worker_info() is not None:
+            _keep_freed_memory()
         r = self.row(i)
         views, crops, grids, counts = [], [], [], []
         if r["kind"] == "text":
@@ -301,6 +305,26 @@ def _resolve_url(url: str, split: str | None) -> tuple[list[str], dict]:
     if not files:
         raise FileNotFoundError(f"the export at {url} lists no Parquet shard")
     return files, manifest
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """In a DataLoader worker (once): let glibc's malloc reuse freed image buffers.
+
+    Every sample allocates and frees a few buffers of 3-10 MB (the decoded image, its views). By
+    default glibc hands such sizes back to the kernel on free and gets fresh zeroed pages on the next
+    allocation: a page fault every 4 KB, about a third of a worker's system time. Keeping them (up
+    to 32 MB a buffer, 512 MB of free heap) took the loader from 39 to 42 samples/s in bench/loader.
+    A worker only loads data and ends with the epoch, so holding its freed memory costs nothing
+    that its peak did not already; non-glibc systems are left as they are.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # malloc.h
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 512 << 20)
 
 
 def _image_root(manifest: dict, export_dir: Path) -> Path:
