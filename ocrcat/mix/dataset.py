@@ -313,11 +313,10 @@ def _keep_freed_memory() -> None:
 
     Every sample allocates and frees a few buffers of 3-10 MB (the decoded image, its views). By
     default glibc hands such sizes back to the kernel on free and gets fresh zeroed pages on the next
-    allocation: a page fault every 4 KB, about a third of a worker's system time. Keeping them (up
-    to 32 MB a buffer, 512 MB of free heap): in 6 interleaved runs each of bench/loader's DataLoader,
-    median 41.6 -> 44.4 samples/s, workers' system time 1.22 -> 1.00 s.
-    A worker only loads data and ends with the epoch, so holding its freed memory costs nothing
-    that its peak did not already; non-glibc systems are left as they are.
+    allocation: a page fault every 4 KB. Keeping them (up to 32 MB a buffer, 512 MB of free heap):
+    in 6 interleaved runs each of bench/loader's DataLoader, median 41.6 -> 44.4 samples/s, workers'
+    system time 1.22 -> 1.00 s. A worker only loads data, so the memory it keeps is what its own
+    peak took already; non-glibc systems are left as they are.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
