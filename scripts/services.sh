@@ -15,6 +15,9 @@ ROOT=${OCRCAT_SERVICES:-/tmp/ocrcat-services}
 PG_PORT=${OCRCAT_PG_PORT:-54329}
 S3_PORT=${OCRCAT_S3_PORT:-59000}
 RAY_PORT=${OCRCAT_RAY_PORT:-6390}
+# The Python whose bin/ holds ray and moto_server: $PYTHON, else the checkout's .venv, else python3.
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${PYTHON:-}" ] && [ -x "$HERE/.venv/bin/python" ]; then PYTHON=$HERE/.venv/bin/python; fi
 PY=${PYTHON:-$(command -v python3)}
 BIN=$(dirname "$PY")
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)

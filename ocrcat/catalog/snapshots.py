@@ -189,9 +189,9 @@ def compact(catalog: Catalog, *, older_than_snapshot: int | None = None) -> dict
     files_before = _file_count(catalog)
     with catalog.commit_lock():
         ended = {run for (run,) in con.execute("SELECT run_id FROM ingest_runs WHERE status <> 'running'").fetchall()}
-        expire = []
+        expire, current = [], catalog.snapshot()
         for snap in history(catalog, shards=True):
-            if snap["snapshot"] == catalog.snapshot():
+            if snap["snapshot"] == current:
                 continue  # the current state is never expired
             if snap["kind"] == "shard" and snap["extra"].get("run_id") in ended:
                 expire.append(snap["snapshot"])
