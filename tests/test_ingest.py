@@ -379,6 +379,29 @@ def test_a_native_crash_in_a_command_prints_the_python_stack(tmp_path):
     assert "Fatal Python error: Segmentation fault" in done.stderr and "in connect" in done.stderr, done.stderr
 
 
+def test_a_script_without_a_main_guard_is_told_so_and_lands_nothing(tmp_path):
+    """Workers start from a fork server that imports the calling script again: unguarded, that import
+    would start an ingest of its own. The run fails, lands nothing and says what to change."""
+    for index in range(2):  # two files, so two shards and a real worker pool
+        records = [{"image": png_bytes((32 + index, 24)), "query": f"q{index}-{i}", "label": ["1"],
+                    "human_or_machine": 0} for i in range(3)]
+        write_hub_parquet(tmp_path / "mirror/chartqa/data" / split_file_name("train", index, 2), records,
+                          chartqa.FEATURES)
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        from ocrcat.catalog import Catalog
+        from ocrcat.ingest.runner import ingest
+        with Catalog({str(tmp_path / "catalog")!r}) as cat:
+            ingest(cat, "chartqa", mirror={str(tmp_path / "mirror")!r}, workers=2)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert 'put the code that calls ingest() under `if __name__ == "__main__":`' in done.stderr, done.stderr
+    with Catalog(tmp_path / "catalog", read_only=True) as cat:
+        assert cat.con.execute("SELECT count(*) FROM samples").fetchone()[0] == 0
+        assert cat.con.execute("SELECT status FROM ingest_runs").fetchall() == [("failed",)]
+
+
 def test_realdata_latex_formulas_ingest(tmp_path, catalog_dir):
     """Real TexTeller formula crops packed into the hub layout ingest without errors."""
     from conftest import REALDATA

@@ -589,7 +589,8 @@ def _process(shards: list[Shard], args: tuple, workers: int, ray: str | None = N
         finished_normally = True
     except BrokenProcessPool:  # a worker died while no result was awaited (at start-up, say)
         raise IngestFailed(f"{source}/{split}: a worker process died (killed, out of memory, or it could "
-                           "not start); nothing of its shards landed; rerun the same command to resume") from None
+                           "not start); nothing of its shards landed; rerun the same command to resume"
+                           + _UNGUARDED_SCRIPT) from None
     finally:
         if not finished_normally:
             # Python 3.11 has no public way to stop busy workers; their Process objects are here.
@@ -650,9 +651,15 @@ def _unwrap(source: str, split: str, key: str, get, in_flight: list[str] = ()) -
                            "command to resume") from None
     except BrokenProcessPool:
         shards = ", ".join([key, *in_flight])
-        raise IngestFailed(f"{source}/{split}: a worker process died (killed, or out of memory?) while "
-                           f"working on shard(s) {shards}; nothing of them landed; rerun the same command "
-                           "to resume (with fewer --workers if memory ran out)") from None
+        raise IngestFailed(f"{source}/{split}: a worker process died (killed, out of memory, or it could "
+                           f"not start) while working on shard(s) {shards}; nothing of them landed; rerun the "
+                           "same command to resume (with fewer --workers if memory ran out)" + _UNGUARDED_SCRIPT) from None
+
+
+# Workers start from a fork server that imports the caller's main module: a script that calls
+# ingest() at its top level makes that import start an ingest too, which Python refuses.
+_UNGUARDED_SCRIPT = ("; from a Python script, put the code that calls ingest() under "
+                     "`if __name__ == \"__main__\":` (workers import the script again)")
 
 
 def _worker_context():
