@@ -183,6 +183,25 @@ def test_reingest_replaces_rows_and_limit_cuts(sample_mirror_factory, catalog_di
     assert len(files) == 7 + 4 + 4  # now the replaced rows' images are swept
 
 
+def test_an_ingest_sweeps_its_own_source_and_compact_sweeps_all(sample_mirror_factory, catalog_dir):
+    """Files no snapshot references, in content-addressed places: an ingest of mathwriting removes
+    its own and leaves chartqa's (its sweep does not list, nor hold in memory, other sources);
+    `compact` removes both."""
+    orphans = {}
+    for source in ("mathwriting", "chartqa"):
+        sha = hashlib.sha256(source.encode()).hexdigest()
+        orphans[source] = catalog_dir / "images" / source / sha[:2] / f"{sha}.png"
+        orphans[source].parent.mkdir(parents=True)
+        orphans[source].write_bytes(png_bytes())
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "mathwriting", mirror=sample_mirror_factory("mathwriting"))
+        assert not orphans["mathwriting"].exists() and orphans["chartqa"].exists()
+        assert compact(cat)["images_swept"] == 1
+        referenced = cat.con.execute("SELECT count(DISTINCT image_path) FROM samples").fetchone()[0]
+    assert not orphans["chartqa"].exists()
+    assert len([p for p in (catalog_dir / "images").rglob("*") if p.is_file()]) == referenced == 40
+
+
 def test_unknown_split_and_missing_mirror_are_clear(tmp_path, sample_mirror_factory, catalog_dir):
     r = subprocess.run(OCRCAT + ["ingest", "chartqa", "--split", "validation", "--mirror",
                                  str(sample_mirror_factory("chartqa")), "--catalog", str(catalog_dir)],

@@ -177,10 +177,12 @@ def sweep_images(catalog: Catalog, source: str | None = None) -> int:
     return sum(catalog.images.sweep(s, keep, newer_kept=since) for s in sources)
 
 
-def compact(catalog: Catalog, *, older_than_snapshot: int | None = None) -> dict:
+def compact(catalog: Catalog, *, older_than_snapshot: int | None = None, source: str | None = None) -> dict:
     """Small-file hygiene: expire the shard snapshots of ended runs (and, if asked, every snapshot
     older than `older_than_snapshot`), merge small Parquet files, flush rows DuckLake kept inline
-    in the metadata, delete files no kept snapshot needs, and sweep unreferenced images.
+    in the metadata, delete files no kept snapshot needs, and sweep unreferenced images: of
+    `source` only when given (an ingest sweeps its own source: listing every source's files, and
+    holding every referenced path in memory, would grow with the whole catalog), else of all.
 
     Runs while holding the commit lock: no ocrcat writer has files in flight meanwhile, so
     deleting unreferenced files cannot touch a commit being prepared."""
@@ -211,7 +213,7 @@ def compact(catalog: Catalog, *, older_than_snapshot: int | None = None) -> dict
         orphans = "older_than => now() - INTERVAL 1 DAY" if catalog.shared else "cleanup_all => true"
         retry_lost_races(lambda: con.execute(
             f"SELECT count(*) FROM ducklake_delete_orphaned_files('{LAKE}', {orphans})").fetchall())
-        swept = sweep_images(catalog)
+        swept = sweep_images(catalog, source)
     return {"expired_snapshots": len(expire), "data_files_before": files_before,
             "data_files_after": _file_count(catalog), "images_swept": swept}
 

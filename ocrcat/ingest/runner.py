@@ -214,9 +214,10 @@ def ingest(
                                                progress or NoProgress(), max_error_rate, limits, ray))
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
-    # Merge the small files, expire the shard snapshots, sweep images no kept snapshot references.
+    # Merge the small files, expire the shard snapshots, sweep this source's images that no kept
+    # snapshot references (`ocrcat compact` sweeps every source).
     try:
-        compact(catalog)
+        compact(catalog, source=info.name)
     except UnsafeSweep as exc:
         summaries[-1].warning = str(exc)
     except OSError as exc:  # the rows are committed; leftover files are only wasted space
