@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from ocrcat.catalog import BadImage, Catalog, CatalogError, ImageStore, sample_id
-from ocrcat.catalog.images import inspect_image
+from ocrcat.catalog.images import ImageKeys, image_key, inspect_image
 
 
 def png_bytes(size=(64, 32), color=(10, 200, 30)) -> bytes:
@@ -116,6 +116,16 @@ def test_truncated_jpeg_is_refused():
         inspect_image(data[: len(data) // 2])
 
 
+def test_image_keys_are_the_first_64_bits_of_each_sha():
+    a, b, c = (hashlib.sha256(x).hexdigest() for x in (b"a", b"b", b"c"))
+    keys = ImageKeys([image_key(a), image_key(b), image_key(a)])
+    assert len(keys) == 2
+    assert keys.contains([a, c, b, "f" * 64]).tolist() == [True, False, True, False]
+    assert keys.contains([a[:16] + "0" * 48]).tolist() == [True]  # the rest of the sha is not looked at
+    assert ImageKeys([]).contains([a]).tolist() == [False]
+    assert image_key("f" * 64) == 2**64 - 1  # above int64: unsigned all the way
+
+
 def test_sweep_removes_unreferenced_files_and_temporaries(tmp_path):
     store = ImageStore(tmp_path)
     kept = store.put("chartqa", png_bytes(color=(1, 2, 3)))
@@ -123,7 +133,7 @@ def test_sweep_removes_unreferenced_files_and_temporaries(tmp_path):
     leftover = tmp_path / kept.path
     tmp = leftover.with_name(leftover.name + ".123.tmp")
     tmp.write_bytes(b"half")
-    assert store.sweep("chartqa", {kept.path}) == 2
+    assert store.sweep("chartqa", ImageKeys([image_key(kept.sha256)])) == 2
     assert (tmp_path / kept.path).exists()
     assert not (tmp_path / orphan.path).exists() and not tmp.exists()
 

@@ -21,7 +21,8 @@ from PIL import Image
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog
-from ocrcat.catalog.snapshots import compact
+from ocrcat.catalog.images import image_key
+from ocrcat.catalog.snapshots import compact, referenced_images
 from ocrcat.ingest import chartqa
 from ocrcat.ingest.latex_formulas import strip_align
 from ocrcat.ingest.parquet import split_file_name, write_hub_parquet
@@ -197,7 +198,11 @@ def test_an_ingest_sweeps_its_own_source_and_compact_sweeps_all(sample_mirror_fa
         ingest(cat, "mathwriting", mirror=sample_mirror_factory("mathwriting"))
         assert not orphans["mathwriting"].exists() and orphans["chartqa"].exists()
         assert compact(cat)["images_swept"] == 1
-        referenced = cat.con.execute("SELECT count(DISTINCT image_path) FROM samples").fetchone()[0]
+        paths = [p for (p,) in cat.con.execute("SELECT DISTINCT image_path FROM samples WHERE image_path "
+                                               "IS NOT NULL").fetchall()]
+        keys = referenced_images(cat)  # the keys computed in SQL are those of every referenced path
+        assert sorted(keys.keys.tolist()) == sorted(image_key(Path(p).name.split(".")[0]) for p in paths)
+        referenced = len(paths)
     assert not orphans["chartqa"].exists()
     assert len([p for p in (catalog_dir / "images").rglob("*") if p.is_file()]) == referenced == 40
 

@@ -31,7 +31,9 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
+import numpy as np
 from PIL import Image
 
 # Refuse images whose header claims more pixels than any page or chart needs (a 30 000 x 30 000
@@ -43,6 +45,31 @@ _EXTENSIONS = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP":
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # What `put` writes, and so all the sweep may delete: <sha>.<ext>, or its temporary <sha>.<ext>.<pid>.tmp.
 _OURS = re.compile(r"(?P<sha>[0-9a-f]{64})\.(?:%s)(?:\.\d+\.tmp)?" % "|".join(_EXTENSIONS.values()))
+
+
+def image_key(sha: str) -> int:
+    """An image's key in ImageKeys: the first 64 bits of its (hex) sha256."""
+    return int(sha[:16], 16)
+
+
+class ImageKeys:
+    """The images to keep, by the first 64 bits of their sha256: 8 bytes an image, where a set of
+    path strings costs ~200 (a source of a million images would hold 200 MB to sweep its folder).
+    Two images sharing a prefix can only keep an orphan, never delete a file that is referenced."""
+
+    def __init__(self, keys: np.ndarray):
+        self.keys = np.unique(np.asarray(keys, dtype=np.uint64))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def contains(self, shas: Iterable[str]) -> np.ndarray:
+        """A boolean mask: which of the (hex) sha256s are kept."""
+        wanted = np.array([image_key(sha) for sha in shas], dtype=np.uint64)
+        if not len(self.keys):
+            return np.zeros(len(wanted), dtype=bool)
+        at = np.searchsorted(self.keys, wanted).clip(max=len(self.keys) - 1)
+        return self.keys[at] == wanted
 
 
 class BadImage(ValueError):
@@ -262,8 +289,8 @@ class ImageStore:
                 raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(tmp)) from None  # name it
             raise
 
-    def sweep(self, source: str, keep: set[str]) -> int:
-        """Delete files of `source` not in `keep` (relative paths) and leftover temporaries.
+    def sweep(self, source: str, keep: ImageKeys) -> int:
+        """Delete files of `source` whose sha is not in `keep`, and leftover temporaries.
 
         Only regular files named as `put` names them, at depth <sha[:2]>/<file>, found without
         following symlinks and really inside the catalog, are deleted. UnsafeSweep when
@@ -287,13 +314,15 @@ class ImageStore:
         for prefix in os.scandir(folder):
             if not prefix.is_dir(follow_symlinks=False) or len(prefix.name) != 2:
                 continue  # a symlinked folder is never entered
+            ours = []  # (entry, sha, temporary?) of the files ocrcat wrote here
             for entry in os.scandir(prefix.path):
                 match = _OURS.fullmatch(entry.name)
-                if not match or match["sha"][:2] != prefix.name or not entry.is_file(follow_symlinks=False):
-                    continue  # not a file ocrcat wrote (or a symlink): left alone
-                if f"images/{source}/{prefix.name}/{entry.name}" in keep:
-                    continue
-                if not Path(entry.path).resolve().is_relative_to(inside):
+                if match and match["sha"][:2] == prefix.name and entry.is_file(follow_symlinks=False):
+                    ours.append((entry, match["sha"], entry.name.endswith(TMP_SUFFIX)))
+                # anything else is not a file ocrcat wrote (or a symlink): left alone
+            kept = keep.contains(sha for _, sha, _ in ours)
+            for (entry, _, temporary), is_kept in zip(ours, kept):
+                if (is_kept and not temporary) or not Path(entry.path).resolve().is_relative_to(inside):
                     continue
                 os.unlink(entry.path)
                 removed += 1
@@ -343,22 +372,25 @@ class ObjectImageStore(ImageStore):
         infos = self.fs.get_file_info(pafs.FileSelector(f"{self.base}/images", allow_not_found=True))
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
-    def sweep(self, source: str, keep: set[str], newer_kept=None) -> int:
+    def sweep(self, source: str, keep: ImageKeys, newer_kept=None) -> int:
         """Delete this source's unreferenced objects; `newer_kept` (epoch seconds): keep every object
         modified since (another machine's run may not have committed its rows yet)."""
         import pyarrow.fs as pafs
 
         folder = f"{self.base}/images/{source}"
         infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=True, allow_not_found=True))
-        removed = 0
+        ours = []  # (info, sha) of the keys ocrcat wrote
         for info in infos:
-            rel = info.path.removeprefix(f"{self.base}/")
-            parts = rel.split("/")
+            parts = info.path.removeprefix(f"{self.base}/").split("/")
             if info.type != pafs.FileType.File or len(parts) != 4 or parts[:2] != ["images", source]:
                 continue
             match = _OURS.fullmatch(parts[3])
-            if not match or match["sha"][:2] != parts[2] or rel in keep:
-                continue  # not a key ocrcat wrote, or still referenced
+            if match and match["sha"][:2] == parts[2]:
+                ours.append((info, match["sha"]))
+        removed = 0
+        for (info, _), kept in zip(ours, keep.contains(sha for _, sha in ours)):
+            if kept and not info.path.endswith(TMP_SUFFIX):
+                continue  # still referenced
             if newer_kept is not None and info.mtime is not None and info.mtime.timestamp() >= newer_kept:
                 continue  # perhaps a running ingest's, on another machine
             self.fs.delete_file(info.path)

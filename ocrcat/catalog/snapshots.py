@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 
+from ocrcat.catalog.images import ImageKeys
 from ocrcat.catalog.schema import TABLES
 from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError, retry_lost_races
 
@@ -137,24 +138,28 @@ def _view_body(sql: str) -> str:
     return " ".join(text.split())
 
 
-def referenced_images(catalog: Catalog, source: str | None = None) -> set[str]:
-    """Image paths that some kept (unexpired) snapshot's rows point to: every row of the oldest
+def referenced_images(catalog: Catalog, source: str | None = None) -> ImageKeys:
+    """The images that some kept (unexpired) snapshot's rows point to: every row of the oldest
     kept snapshot, plus every row inserted since; and the pending rows of unfinished runs (a
-    resume needs them). A file outside this set can be swept."""
+    resume needs them). A file outside this set can be swept. Distinct in DuckDB, which spills
+    to disk where needed; Python holds 8 bytes an image (ImageKeys)."""
     con = catalog.con
     first, last = con.execute(f"SELECT min(snapshot_id), max(snapshot_id) FROM {LAKE}.snapshots()").fetchone()
     where = "image_path IS NOT NULL" + (" AND source = ?" if source else "")
     params = [source] if source else []
-    rows = con.execute(
-        f"""SELECT DISTINCT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples', ?, ?)
-            WHERE {where}
-            UNION SELECT DISTINCT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples_pending', ?, ?)
-            WHERE {where}
-            UNION SELECT DISTINCT image_path FROM samples WHERE {where}
-            UNION SELECT DISTINCT image_path FROM samples_pending WHERE {where}""",
+    keys = con.execute(
+        f"""WITH paths AS (
+                SELECT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples', ?, ?) WHERE {where}
+                UNION ALL SELECT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples_pending', ?, ?)
+                WHERE {where}
+                UNION ALL SELECT image_path FROM samples WHERE {where}
+                UNION ALL SELECT image_path FROM samples_pending WHERE {where})
+            SELECT DISTINCT try_cast('0x' || regexp_extract(image_path, '/([0-9a-f]{{16}})[0-9a-f]{{48}}[.][^/]*$', 1)
+                                     AS UBIGINT) AS key
+            FROM paths WHERE key IS NOT NULL""",
         [first, last] + params + [first, last] + params * 3,
-    ).fetchall()
-    return {path for (path,) in rows}
+    ).fetchnumpy()["key"]
+    return ImageKeys(keys)
 
 
 def sweep_images(catalog: Catalog, source: str | None = None) -> int:
