@@ -79,6 +79,17 @@ def _real_table(tmp_path: Path) -> tuple[bytes, bytes, list]:
     return xml_data, synth.encode(img, "JPEG"), words
 
 
+def test_a_real_detection_annotation_is_named_as_such():
+    """A page of the Detection subset (tables on a page, no rows or columns) in place of a Structure
+    table: the error says which subset ocrcat reads."""
+    page = REALDATA / "pubtables" / "PubTables1M-Detection-PASCAL-VOC" / "val" / "PMC493268_7.xml"
+    with pytest.raises(ValueError, match="0 table rows and 0 table columns.*Detection page annotation.*"
+                                         "Structure subset"):
+        parse_annotation(page.read_bytes())
+    with pytest.raises(ValueError, match="need both$"):  # a Structure table without its grid: no such hint
+        parse_annotation(pubtables.voc_xml([("table", (0, 0, 10, 10)), ("table column", (0, 0, 5, 10))], 10, 10))
+
+
 def test_real_annotation_hand_checked(tmp_path, catalog_dir):
     xml_data, jpeg, words = _real_table(tmp_path)
     pubtables.write_mirror(tmp_path / "m" / "pubtables", {"val": {"PMC497045_table_2": (xml_data, jpeg, words)}})

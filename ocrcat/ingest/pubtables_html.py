@@ -50,7 +50,11 @@ def parse_annotation(data: bytes) -> Annotation:
     rows = sorted(found.get("table row", []), key=lambda b: b[1] + b[3])
     columns = sorted(found.get("table column", []), key=lambda b: b[0] + b[2])
     if not rows or not columns:
-        raise ValueError(f"annotation has {len(rows)} table rows and {len(columns)} table columns; need both")
+        detection = "Detection" in (root.findtext("source/database") or "") or set(found) <= {"table", "table rotated"}
+        raise ValueError(f"annotation has {len(rows)} table rows and {len(columns)} table columns; need both"
+                         + ("; it looks like a PubTables-1M-Detection page annotation (whole tables on a "
+                            "page), while ocrcat reads the Structure subset (PubTables-1M-Structure_*)"
+                            if detection and found else ""))
     spanning = [("span", b) for b in found.get("table spanning cell", [])]
     spanning += [("projected", b) for b in found.get("table projected row header", [])]
     return Annotation(width, height, rows, columns, found.get("table column header", []), spanning)
