@@ -31,7 +31,8 @@ from ocrcat.ingest.limits import Limits
 from ocrcat.ingest.runner import IngestFailed, RunSummary, check_request, ingest as run_ingest
 
 app = typer.Typer(
-    help="ocrcat: OCR training data as one DuckDB catalog, SQL mixtures and a torch loader.\n\n"
+    help="ocrcat: OCR training data as one catalog (a DuckLake lake queried with DuckDB), SQL mixtures "
+    "and a torch loader.\n\n"
     "Quick start (no network): ocrcat sample-mirror demo/mirror && "
     "ocrcat ingest all --mirror demo/mirror && ocrcat stats",
     no_args_is_help=True,
