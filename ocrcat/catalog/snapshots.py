@@ -154,9 +154,8 @@ def referenced_images(catalog: Catalog, source: str | None = None) -> ImageKeys:
                 WHERE {where}
                 UNION ALL SELECT image_path FROM samples WHERE {where}
                 UNION ALL SELECT image_path FROM samples_pending WHERE {where})
-            SELECT DISTINCT try_cast('0x' || regexp_extract(image_path, '/([0-9a-f]{{16}})[0-9a-f]{{48}}[.][^/]*$', 1)
-                                     AS UBIGINT) AS key
-            FROM paths WHERE key IS NOT NULL""",
+            SELECT DISTINCT try_cast('0x' || left(parse_filename(image_path), 16) AS UBIGINT) AS key FROM paths
+            WHERE key IS NOT NULL""",
         [first, last] + params + [first, last] + params * 3,
     ).fetchnumpy()["key"]
     return ImageKeys(keys)
