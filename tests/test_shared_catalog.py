@@ -148,7 +148,8 @@ def test_sweep_deletes_only_unreferenced_images_under_its_prefix(mirror, tmp_pat
         result = compact(cat)
     after = s3_objects(data)
     assert result["images_swept"] == 1 and orphan not in after
-    assert set(before) - set(after) == {orphan}
+    # lake/ files may go too: compact merges them (rows the ingest left inline are flushed first)
+    assert {key for key in set(before) - set(after) if not key.startswith("lake/")} == {orphan}
     for key in strangers:  # not named as ocrcat names images, or outside the prefix: untouched
         assert fs.get_file_info(key).type == pafs.FileType.File
 

@@ -181,12 +181,18 @@ def sweep_images(catalog: Catalog, source: str | None = None) -> int:
     return sum(catalog.images.sweep(s, keep, newer_kept=since) for s in sources)
 
 
-def compact(catalog: Catalog, *, older_than_snapshot: int | None = None, source: str | None = None) -> dict:
+def compact(catalog: Catalog, *, older_than_snapshot: int | None = None, source: str | None = None,
+            flush_inlined: bool = True) -> dict:
     """Small-file hygiene: expire the shard snapshots of ended runs (and, if asked, every snapshot
     older than `older_than_snapshot`), merge small Parquet files, flush rows DuckLake kept inline
-    in the metadata, delete files no kept snapshot needs, and sweep unreferenced images: of
-    `source` only when given (an ingest sweeps its own source: listing every source's files, and
-    holding every referenced path in memory, would grow with the whole catalog), else of all.
+    in the metadata (unless not `flush_inlined`), delete files no kept snapshot needs, and sweep
+    unreferenced images: of `source` only when given (an ingest sweeps its own source: listing every
+    source's files would grow with the whole catalog), else of all.
+
+    An ingest leaves inlined rows where they are: they are the few rows of its bookkeeping commits
+    (run start, shard marks, small error batches), and flushing them wrote new small Parquet files
+    on every run, to be merged again (about half of an ingest's compaction). `ocrcat compact`
+    flushes them.
 
     Runs while holding the commit lock: no ocrcat writer has files in flight meanwhile, so
     deleting unreferenced files cannot touch a commit being prepared."""
@@ -203,7 +209,7 @@ def compact(catalog: Catalog, *, older_than_snapshot: int | None = None, source:
                 expire.append(snap["snapshot"])
             elif older_than_snapshot is not None and snap["snapshot"] < older_than_snapshot:
                 expire.append(snap["snapshot"])
-        for function in ("ducklake_flush_inlined_data", "ducklake_merge_adjacent_files"):
+        for function in ("ducklake_flush_inlined_data",) * flush_inlined + ("ducklake_merge_adjacent_files",):
             # fetchall: DuckDB runs a SELECT as its rows are fetched; unfetched, the call does nothing
             catalog.commit(lambda con: con.execute(f"SELECT count(*) FROM {function}('{LAKE}')").fetchall(),
                            "compact", locked=True, kind="compact")

@@ -215,9 +215,9 @@ def ingest(
     if not summaries:
         raise MirrorError(f"the mirror at {root} has no files for {info.name}; expected {', '.join(info.files)}")
     # Merge the small files, expire the shard snapshots, sweep this source's images that no kept
-    # snapshot references (`ocrcat compact` sweeps every source).
+    # snapshot references (`ocrcat compact` sweeps every source and flushes inlined rows).
     try:
-        compact(catalog, source=info.name)
+        compact(catalog, source=info.name, flush_inlined=False)
     except UnsafeSweep as exc:
         summaries[-1].warning = str(exc)
     except OSError as exc:  # the rows are committed; leftover files are only wasted space
@@ -391,10 +391,6 @@ def _land_shards(catalog: Catalog, source: str, split: str, fingerprint: str, ru
 # Plain INSERTs with explicit filters: no ON CONFLICT / INSERT OR IGNORE / primary keys relied on.
 
 
-def _next_run_id(con) -> int:
-    return con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchone()[0]
-
-
 def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
                arguments: dict) -> tuple[int, dict[str, tuple[int, int, int]]]:
     """Record a new run; returns its id and the shards already done by the run it resumes.
@@ -404,14 +400,21 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
     split's visible rows are not touched here: only `_commit_run` replaces them.
     """
 
-    def start(con) -> int:
-        last = con.execute(
-            "SELECT run_id, status, fingerprint FROM ingest_runs WHERE source = ? AND split = ? "
-            "ORDER BY run_id DESC LIMIT 1",
+    def start(con) -> tuple[int, dict[str, tuple[int, int, int]]]:
+        # max + 1: commits take turns (Catalog.commit), so no two runs get one id
+        next_id, last, status, last_fingerprint = con.execute(
+            "SELECT (SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs), "
+            "max(run_id), arg_max(status, run_id), arg_max(fingerprint, run_id) "
+            "FROM ingest_runs WHERE source = ? AND split = ?",
             [source, split],
         ).fetchone()
-        resume = last is not None and last[1] != "completed" and last[2] == fingerprint
-        if not resume:
+        resume = last is not None and status != "completed" and last_fingerprint == fingerprint
+        if resume:
+            done = {key: (rows, errors, skipped) for key, rows, errors, skipped in con.execute(
+                "SELECT shard_key, rows, errors, skipped FROM ingest_shards "
+                "WHERE source = ? AND split = ? AND fingerprint = ?", [source, split, fingerprint]).fetchall()}
+        else:
+            done = {}
             for table in ("samples_pending", "ingest_shards"):
                 con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
             # Errors of unfinished runs go too; those of the split's current rows stay until replaced.
@@ -420,25 +423,15 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
                 "(SELECT run_id FROM ingest_runs WHERE status = 'completed')",
                 [source, split],
             )
-        run_id = _next_run_id(con)  # max + 1: commits take turns (Catalog.commit), so no two get one
         con.execute(
             "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status, "
             "resumed_from) VALUES (?, ?, ?, ?, ?, now(), 'running', ?)",
-            [run_id, source, split, fingerprint, json.dumps(arguments, default=str), last[0] if resume else None],
+            [next_id, source, split, fingerprint, json.dumps(arguments, default=str), last if resume else None],
         )
-        return run_id
+        return next_id, done
 
-    run_id = catalog.commit(start, f"ingest {source}/{split}: run started", kind="run-start",
-                            source=source, split=split)
-    done = {
-        key: (rows, errors, skipped)
-        for key, rows, errors, skipped in catalog.con.execute(
-            "SELECT shard_key, rows, errors, skipped FROM ingest_shards "
-            "WHERE source = ? AND split = ? AND fingerprint = ?",
-            [source, split, fingerprint],
-        ).fetchall()
-    }
-    return run_id, done
+    return catalog.commit(start, f"ingest {source}/{split}: run started", kind="run-start",
+                          source=source, split=split)
 
 
 class SeenIds:
