@@ -169,16 +169,17 @@ def sweep_images(catalog: Catalog, source: str | None = None) -> int:
     sources = [s for s in sources if s not in busy]
     if not sources:
         return 0
-    keep = referenced_images(catalog, source)
+    # One source at a time, with the keys of its own rows: an image stored under two sources is
+    # judged in each by that source's rows, and memory holds one source's keys.
     if not catalog.shared:
-        return sum(catalog.images.sweep(s, keep) for s in sources)
+        return sum(catalog.images.sweep(s, referenced_images(catalog, s)) for s in sources)
     # Shared: a run on another machine stores images before its rows commit, and its lock is not
     # visible here; its `running` row is. Objects written since the oldest running run started
     # (less a margin for clock skew) are kept. A killed run that is never resumed holds this back.
     since = catalog.con.execute(  # started_at is a local TIMESTAMP: as epoch seconds, less 10 minutes
         "SELECT epoch(min(started_at) AT TIME ZONE current_setting('TimeZone')) - 600 FROM ingest_runs "
         "WHERE status = 'running'").fetchone()[0]
-    return sum(catalog.images.sweep(s, keep, newer_kept=since) for s in sources)
+    return sum(catalog.images.sweep(s, referenced_images(catalog, s), newer_kept=since) for s in sources)
 
 
 def compact(catalog: Catalog, *, older_than_snapshot: int | None = None, source: str | None = None,
