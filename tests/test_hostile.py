@@ -154,6 +154,21 @@ def test_invalid_utf8_keeps_the_entries_before_it_and_names_the_byte(tmp_path):
     assert key == f"chat.json@{bad_at}"
 
 
+def test_a_pubtables_member_name_that_is_not_utf8_is_one_error_row(tmp_path):
+    """tar keeps names as bytes; one that is not UTF-8 (here 0xff) becomes an error row under its
+    name written \\xff, and the other tables land (it used to stop the whole ingest)."""
+    tables = {s: {n: v[:3] for n, v in items.items()} for s, items in pubtables.sample_tables(6, 1).items()}
+    first = next(iter(tables["train"].values()))
+    tables["train"]["PMC\udcff9_table_1"] = first  # tarfile writes this surrogate back as the byte 0xff
+    pubtables.write_mirror(tmp_path / "m" / "pubtables", tables)
+    r = run("ingest", "pubtables", "--mirror", str(tmp_path / "m"), "--catalog", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert table(tmp_path / "c", "SELECT count(*) FROM samples")[0][0] == sum(map(len, tables.values())) - 1
+    [(key, stage, message)] = table(tmp_path / "c", "SELECT source_key, stage, message FROM ingest_errors")
+    assert key == "PMC\\xff9_table_1" and stage == "read"
+    assert "PMC\\xff9_table_1.xml is not UTF-8 (PubTables tables are named PMC<id>_table_<n>.xml)" in message
+
+
 # --- Point 7: one-line messages, nothing created or replaced by a refused command.
 
 

@@ -75,6 +75,12 @@ def _table_name(member: str, suffix: str) -> str | None:
     return base[: -len(suffix)] if base.endswith(suffix) and len(base) > len(suffix) else None
 
 
+def _shown(name: str) -> str:
+    """A member name as text: tarfile decodes bytes that are not UTF-8 as surrogate escapes, which
+    no file, Parquet or SQL string can hold; here they are written \\xNN instead."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _bucket(name: str, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") % buckets
 
@@ -231,21 +237,28 @@ def _build(tarballs: dict, words: Path, staging: Path, signature: list, per_shar
         counts[split] = {}
         for member, data in _members(path):
             name = _table_name(member.name, ".xml")
-            if name:
-                b = _bucket(name, buckets)
-                add(tmp / f"{split}-{b:05d}.xml.pack", name, data)
-                if isinstance(data, CapExceeded):  # still a record (its error row): an empty entry
-                    _append(tmp / f"{split}-{b:05d}.xml.pack", name, b"")
-                counts[split][str(b)] = counts[split].get(str(b), 0) + 1
+            if not name:
+                continue
+            why = str(data) if isinstance(data, CapExceeded) else None
+            if _shown(name) != name:
+                name, why = _shown(name), (f"the member name {_shown(member.name)} is not UTF-8 (PubTables "
+                                           "tables are named PMC<id>_table_<n>.xml); this table was skipped")
+            if why:
+                refused[name] = why
+            b = _bucket(name, buckets)
+            # A refused table is still a record (its error row): an empty entry.
+            _append(tmp / f"{split}-{b:05d}.xml.pack", name, b"" if why else data)
+            counts[split][str(b)] = counts[split].get(str(b), 0) + 1
+    # Images and words are found by their table's name; one that is not UTF-8 matches no table.
     for split, path in tarballs["images"]:
         for member, data in _members(path):
             name = _table_name(member.name, ".jpg")
-            if name:
+            if name and _shown(name) == name:
                 add(tmp / f"{split}-{_bucket(name, buckets):05d}.jpg.pack", name, data)
     if words.is_file():
         for member, data in _members(words):
             name = _table_name(member.name, "_words.json")
-            if name:
+            if name and _shown(name) == name:
                 add(tmp / f"{_bucket(name, buckets):05d}.words.pack", name, data)
     packs = {p.name: p.stat().st_size for p in tmp.iterdir()}
     manifest = {"signature": signature, "buckets": buckets, "counts": counts, "words": words.is_file(),
