@@ -736,13 +736,12 @@ def process_shard(shard: Shard, source_name: str, split: str, image_root: str, m
             else:
                 row = _to_row(record, source.INFO.kind, source_name, split, store, mode, result)
                 if row is not None:
+                    row["ingest_run"] = run_id
                     rows.append(row)
+        result.rows = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     except Exception as exc:
         raise ShardFault(f"shard {shard.key} ({_shard_file(shard)}) failed: {_cause(exc)}; nothing of "
                          "this shard landed; fix the cause and rerun the same command to resume") from None
-    for row in rows:
-        row["ingest_run"] = run_id
-    result.rows = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     return result
 
 
