@@ -153,3 +153,20 @@ def test_member_locations_keep_base_names_and_drop_folders(tmp_path: Path):
         z.writestr("y.txt", b"yy")
     found = member_locations([path])
     assert sorted(found) == ["x_ori.jpg", "y.txt"] and found["y.txt"].size == 2
+
+
+def test_a_name_flagged_utf8_that_is_not_keeps_its_bytes_escaped(tmp_path: Path):
+    """zipfile refuses the whole archive over one such name; ocrcat reads it as \\xNN and the rest as is."""
+    path = tmp_path / "a.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("page\u00e9_0.txt", b"text")  # non-ASCII: stored as UTF-8 with the flag set
+        z.writestr("page_1.txt", b"more")
+    data = path.read_bytes()
+    assert data.count("\u00e9".encode()) == 2  # the local header and the central directory
+    path.write_bytes(data.replace("\u00e9".encode(), b"\xff\xfe"))
+    with pytest.raises(UnicodeDecodeError):
+        zipfile.ZipFile(path)
+    found = member_locations([path])
+    assert sorted(found) == ["page\\xff\\xfe_0.txt", "page_1.txt"]
+    with open(path, "rb") as f:
+        assert read_member(f, found["page\\xff\\xfe_0.txt"], "page\\xff\\xfe_0.txt") == b"text"

@@ -125,8 +125,10 @@ _PACKED = struct.Struct("<3QHL")
 
 
 def _name(raw: bytes, flags: int) -> str:
-    # As zipfile decodes names: UTF-8 when the flag says so, else the DOS code page.
-    return raw.decode("utf-8" if flags & _UTF8_FLAG else "cp437")
+    # As zipfile decodes names: UTF-8 when the flag says so, else the DOS code page. A name flagged
+    # UTF-8 that is not (zipfile refuses the whole archive) keeps its bad bytes written \xNN: one
+    # odd name must not make every other member of a 500 000-page archive unreadable.
+    return raw.decode("utf-8", "backslashreplace") if flags & _UTF8_FLAG else raw.decode("cp437")
 
 
 def _central_directory(f: BinaryIO) -> tuple[int, int, int]:
