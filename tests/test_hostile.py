@@ -169,6 +169,25 @@ def test_a_pubtables_member_name_that_is_not_utf8_is_one_error_row(tmp_path):
     assert "PMC\\xff9_table_1.xml is not UTF-8 (PubTables tables are named PMC<id>_table_<n>.xml)" in message
 
 
+def test_a_json_lone_surrogate_is_one_error_row_not_a_failed_shard(tmp_path):
+    """JSON may escape half of a surrogate pair (\\ud800) and Python keeps it, but no UTF-8 column
+    can: such a record is an error row (its key written \\udXXX when the key is the bad text); the
+    others land. It used to fail the whole shard."""
+    entries = [entry("a"), entry("b", caption="broken \ud800 caption"), entry("c\udcff"), entry("d")]
+    text = json.dumps(entries)  # ensure_ascii: the lone surrogates are written as \\ud800 escapes
+    root = write_llava_mirror(tmp_path / "m", [], {f"{k}.jpg": small_png() for k in ("a", "b", "d")} |
+                              {"c.jpg": small_png()}, chat_text=text)
+    (root / "llava_cc3m/chat.json").write_text(text.replace('"c\\udcff.jpg"', '"c.jpg"'))
+    r = run("ingest", "llava_cc3m", "--mirror", str(root), "--catalog", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert table(tmp_path / "c", "SELECT source_key FROM samples ORDER BY 1") == [("a",), ("d",)]
+    assert table(tmp_path / "c", "SELECT source_key, stage, message FROM ingest_errors ORDER BY 1") == [
+        ("b", "map", "response is not valid Unicode text: a lone surrogate \\ud800 at character 7 (a JSON "
+                     "escape such as \\ud800 without its pair); record skipped"),
+        ("c\\udcff", "map", "source_key is not valid Unicode text: a lone surrogate \\udcff at character 1 (a "
+                           "JSON escape such as \\ud800 without its pair); record skipped")]
+
+
 # --- Point 7: one-line messages, nothing created or replaced by a refused command.
 
 

@@ -501,8 +501,8 @@ def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, 
 
     def write(con) -> None:
         _insert(con, "samples_pending", table)
-        _insert(con, "ingest_errors", _columns([[run_id, source, split, e.source_key, e.stage, e.message]
-                                                for e in errors]))
+        _insert(con, "ingest_errors", _columns([[run_id, source, split, _printable(e.source_key), e.stage,
+                                                 _printable(e.message)] for e in errors]))
         _insert(con, "ingest_shards", _columns(marks))
 
     first = batch[0].shard_key + (f" (+{len(batch) - 1} more)" if len(batch) > 1 else "")
@@ -775,11 +775,35 @@ def _cause(exc: BaseException) -> str:
 _image_tokens = functools.lru_cache(maxsize=4096)(vision.count_image_tokens)  # sizes repeat (charts, pages)
 
 
+def _not_unicode(row: dict) -> str | None:
+    """What is wrong when a text column holds a lone surrogate, else None.
+
+    JSON may spell one (an escape like \\ud800 without its pair) and Python keeps it, but it is not
+    text: no UTF-8 file, Parquet column or tokenizer takes it. The record is rejected, not mended.
+    """
+    for column in ("source_key", "text", "response", "messages", "meta"):
+        value = row[column]
+        if value is None or value.isascii():
+            continue
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return (f"{column} is not valid Unicode text: a lone surrogate {_printable(value[exc.start])} at "
+                    f"character {exc.start} (a JSON escape such as \\ud800 without its pair); record skipped")
+    return None
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates written \\udXXX, so that it can be stored (keys, messages)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStore, mode: str,
             result: ShardResult) -> dict | None:
-    """The catalog row of a sample; None (and an error) when a vision sample's image is unusable."""
+    """The catalog row of a sample; None (and an error) when its text is not valid Unicode or, for a
+    vision sample, its image is unusable."""
     row = {
-        "sample_id": sample_id(source, split, record.source_key),
+        "sample_id": None,  # below, once the key is known to be text
         "source": source,
         "split": split,
         "source_key": record.source_key,
@@ -789,6 +813,10 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
         "messages": json.dumps(record.messages, ensure_ascii=False) if record.messages is not None else None,
         "meta": json.dumps(record.meta or {}, ensure_ascii=False, sort_keys=True),
     }
+    if (why := _not_unicode(row)) is not None:
+        result.errors.append(Rejected(record.source_key, "map", why))  # the key is made storable on commit
+        return None
+    row["sample_id"] = sample_id(source, split, record.source_key)
     if kind == "vision":
         try:
             image = store.put(source, image_bytes(record.image))
