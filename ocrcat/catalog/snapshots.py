@@ -210,7 +210,8 @@ def compact(catalog: Catalog, *, older_than_snapshot: int | None = None, source:
                 expire.append(snap["snapshot"])
             elif older_than_snapshot is not None and snap["snapshot"] < older_than_snapshot:
                 expire.append(snap["snapshot"])
-        for function in ("ducklake_flush_inlined_data",) * flush_inlined + ("ducklake_merge_adjacent_files",):
+        steps = (["ducklake_flush_inlined_data"] if flush_inlined else []) + ["ducklake_merge_adjacent_files"]
+        for function in steps:
             # fetchall: DuckDB runs a SELECT as its rows are fetched; unfetched, the call does nothing
             catalog.commit(lambda con: con.execute(f"SELECT count(*) FROM {function}('{LAKE}')").fetchall(),
                            "compact", locked=True, kind="compact")
