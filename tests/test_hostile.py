@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -268,6 +270,36 @@ def test_png_exif_orientation_is_still_read():
     buf = io.BytesIO()
     Image.new("RGB", (40, 20)).save(buf, "PNG", exif=exif)
     assert inspect_image(buf.getvalue()) == ("PNG", 20, 40)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+@pytest.mark.parametrize("where", ["eXIf after IDAT", "ImageMagick text chunk"])
+def test_png_exif_is_found_after_the_pixels_and_in_a_text_chunk(where):
+    # Both spellings PIL reads: an eXIf chunk (which may follow IDAT) and ImageMagick's
+    # "Raw profile type exif" text chunk (hex). Either turns the 40x20 image by 90 degrees.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    if where == "eXIf after IDAT":
+        chunk = png_chunk(b"eXIf", raw)
+    else:
+        chunk = png_chunk(b"tEXt", b"Raw profile type exif\0\nexif\n" + str(len(raw)).encode() + b"\n" + raw.hex().encode())
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 20)).save(buf, "PNG")
+    data = buf.getvalue()
+    data = data[:-12] + chunk + data[-12:]  # before IEND
+    assert inspect_image(data) == ("PNG", 20, 40)
+    assert inspect_image(buf.getvalue()) == ("PNG", 40, 20)  # the same pixels without it
+
+
+def test_an_image_repeated_under_another_source_is_stored_there_too(tmp_path):
+    store, data = ImageStore(tmp_path), small_png()
+    first, again, other = store.put("chartqa", data), store.put("chartqa", data), store.put("plotqa", data)
+    assert first == again and other.sha256 == first.sha256
+    assert other.path.startswith("images/plotqa/") and (tmp_path / other.path).read_bytes() == data
 
 
 def test_a_repeated_or_stored_image_is_neither_verified_nor_written_again(tmp_path, monkeypatch):

@@ -131,7 +131,7 @@ def _pil_header(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             fmt, (width, height) = img.format, img.size
             # PIL looks for a PNG's EXIF by decoding the whole image (it may follow the pixels):
             # only ask when the file has an eXIf chunk at all.
-            has_exif = fmt != "PNG" or b"eXIf" in data or b"Raw profile type exif" in data
+            has_exif = fmt != "PNG" or _png_may_have_exif(data)
             if has_exif and img.getexif().get(0x0112) in (5, 6, 7, 8):
                 # EXIF turns it by 90 degrees: the model sees the transposed image (SPEC 5),
                 # so record that size, or image_tokens would disagree with the crops.
@@ -162,9 +162,30 @@ def _plain_png_size(data: bytes) -> tuple[int, int] | None:
     if (length != 13 or not 0 < width < 2**31 or not 0 < height < 2**31
             or depth not in _PNG_DEPTHS.get(colour, ()) or compression or filtering or interlace > 1):
         return None
-    if b"eXIf" in data or b"Raw profile type exif" in data:
+    if _png_may_have_exif(data):
         return None
     return width, height
+
+
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_RAW_EXIF_KEYWORD = b"Raw profile type exif\0"  # ImageMagick's EXIF in a text chunk, which PIL reads
+
+
+def _png_may_have_exif(data: bytes) -> bool:
+    """Whether a PNG may carry EXIF: an eXIf chunk, or a text chunk keyed "Raw profile type exif".
+
+    Walks the chunk headers only (a chart has a handful of chunks), where searching the bytes
+    for the names read every pixel byte twice. A file whose chunks cannot be walked may: PIL decides.
+    """
+    pos, end = len(_PNG_SIGNATURE), len(data)
+    while pos + 8 <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"eXIf" or (kind in _PNG_TEXT_CHUNKS and data.startswith(_RAW_EXIF_KEYWORD, pos + 8)):
+            return True
+        if kind == b"IEND":
+            return False
+        pos += 12 + length
+    return True
 
 
 def _claimed_size(data: bytes) -> tuple[int, int]:
@@ -234,8 +255,10 @@ class ImageStore:
         self.catalog_dir = Path(catalog_dir)
         self.root = self.catalog_dir / "images"
         self.max_pixels = max_pixels
-        self._made_dirs: set[Path] = set()  # saves a mkdir call per image on the hot path
+        self._base = str(self.catalog_dir)  # paths on the hot path are plain strings: pathlib costs ~15 µs an image
+        self._made_dirs: set[str] = set()  # saves a mkdir call per image on the hot path
         self._known: dict[tuple[str, str], StoredImage] = {}  # (source, sha) -> verified and stored
+        self._last: tuple[str, bytes, StoredImage] | None = None  # the previous put
 
     def put(self, source: str, data: bytes) -> StoredImage:
         """Validate and store encoded image bytes; raises BadImage for anything unusable.
@@ -243,6 +266,16 @@ class ImageStore:
         An OSError (full disk, I/O error) is not bad input: it propagates, and no partial file
         is left behind.
         """
+        last = self._last
+        if last is not None and last[0] == source and last[1] == data:
+            # The same bytes as the previous image: FigureQA's questions share one cell, a chart's
+            # questions are neighbours. A memcmp (that fails fast on another image) saves the hash.
+            return last[2]
+        stored = self._put(source, data)
+        self._last = (source, data, stored)
+        return stored
+
+    def _put(self, source: str, data: bytes) -> StoredImage:
         sha = hashlib.sha256(data).hexdigest()
         known = self._known.get((source, sha))
         if known is not None:
@@ -257,11 +290,11 @@ class ImageStore:
         self._known[(source, sha)] = stored
         return stored
 
-    def _location(self, rel: str):
-        return self.catalog_dir / rel
+    def _location(self, rel: str) -> str:
+        return f"{self._base}/{rel}"
 
-    def _exists(self, final: Path) -> bool:
-        return final.exists()
+    def _exists(self, final: str) -> bool:
+        return os.path.exists(final)
 
     def read(self, rel: str) -> bytes:
         """The stored bytes of `rel` (a row's image_path)."""
@@ -271,22 +304,23 @@ class ImageStore:
         """Sources that have a folder in the store."""
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
-    def _write(self, final: Path, data: bytes) -> None:
-        if final.parent not in self._made_dirs:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._made_dirs.add(final.parent)
-        tmp = final.with_name(f"{final.name}.{os.getpid()}{TMP_SUFFIX}")
+    def _write(self, final: str, data: bytes) -> None:
+        folder = os.path.dirname(final)
+        if folder not in self._made_dirs:
+            os.makedirs(folder, exist_ok=True)
+            self._made_dirs.add(folder)
+        tmp = f"{final}.{os.getpid()}{TMP_SUFFIX}"
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, final)  # atomic: readers see nothing or the whole file
         except BaseException as exc:
             try:
-                tmp.unlink()
+                os.unlink(tmp)
             except OSError:
                 pass
             if isinstance(exc, OSError) and exc.errno and not exc.filename:
-                raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(tmp)) from None  # name it
+                raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), tmp) from None  # name it
             raise
 
     def sweep(self, source: str, keep: ImageKeys) -> int:
@@ -344,7 +378,7 @@ class ObjectImageStore(ImageStore):
         self.catalog_dir = Path(self.base)  # for messages only: nothing local is touched
         self.root = Path(self.base) / "images"
         self.max_pixels = max_pixels
-        self._known = {}
+        self._known, self._last = {}, None
 
     def _location(self, rel: str) -> str:
         return f"{self.base}/{rel}"

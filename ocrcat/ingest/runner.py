@@ -772,6 +772,9 @@ def _cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+# Built once: json.dumps with options builds a new encoder on every call (a third of its cost here).
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
+_to_sorted_json = json.JSONEncoder(ensure_ascii=False, sort_keys=True).encode
 _image_tokens = functools.lru_cache(maxsize=4096)(vision.count_image_tokens)  # sizes repeat (charts, pages)
 
 
@@ -810,8 +813,8 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
         "kind": kind,
         "text": record.text,
         "response": record.response,
-        "messages": json.dumps(record.messages, ensure_ascii=False) if record.messages is not None else None,
-        "meta": json.dumps(record.meta or {}, ensure_ascii=False, sort_keys=True),
+        "messages": _to_json(record.messages) if record.messages is not None else None,
+        "meta": _to_sorted_json(record.meta or {}),
     }
     if (why := _not_unicode(row)) is not None:
         result.errors.append(Rejected(record.source_key, "map", why))  # the key is made storable on commit
