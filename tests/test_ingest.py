@@ -66,6 +66,7 @@ def test_ingest_matches_the_mirror_records(source, sample_mirror_factory, catalo
         summaries = ingest(cat, source, mirror=root)
     records = mirror_records(root, source)
     rows = catalog_rows(catalog_dir, source)
+    runs = {s.split: s.run_id for s in summaries}
     assert sum(s.rows for s in summaries) == len(records) == len(rows)
     assert sum(s.errors for s in summaries) == 0
     assert {split for split, _ in rows} == set(chartqa.INFO.splits if source != "latex_formulas" else ["train"])
@@ -82,6 +83,7 @@ def test_ingest_matches_the_mirror_records(source, sample_mirror_factory, catalo
         assert row["image_tokens"] == vision.count_image_tokens(width, height, "gundam")
         if source == "chartqa":
             assert json.loads(row["meta"])["origin"] == ["human", "machine"][record["human_or_machine"]]
+        assert row["ingest_run"] == runs[row["split"]]  # stamped by the commit: the run that wrote it
 
 
 def test_sample_mirror_reads_back_as_images_with_datasets(sample_mirror_factory):
