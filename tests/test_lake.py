@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 from ocrcat.catalog import Catalog, extensions
+from ocrcat.catalog.schema import TABLES
 from ocrcat.catalog.snapshots import compact, history, rollback
 from ocrcat.ingest.runner import ingest
 from ocrcat.mix.export import export_mixture
@@ -27,6 +28,11 @@ def rows_of(catalog_dir: Path, table: str = "samples", exclude: str = "ingest_ru
     with Catalog(catalog_dir, read_only=True) as cat:
         order = "sample_id" if table == "samples" else "ALL"
         return cat.con.execute(f"SELECT * EXCLUDE ({exclude}) FROM {table} ORDER BY {order}").fetchall()
+
+
+def every_table(catalog_dir: Path) -> dict[str, list[tuple]]:
+    with Catalog(catalog_dir, read_only=True) as cat:
+        return {table: cat.con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall() for table in TABLES}
 
 
 def image_files(catalog_dir: Path) -> set[str]:
@@ -130,6 +136,7 @@ def test_rollback_restores_rows_images_mixtures_and_can_be_undone(sample_mirror_
         create_mixture(cat, "charts", [("chartqa", "source = 'chartqa'", 1)])
         before = cat.snapshot()
     rows_before, files_before = rows_of(catalog_dir), image_files(catalog_dir)
+    tables_before = every_table(catalog_dir)
     with Catalog(catalog_dir) as cat:  # an unwanted ingest: fewer rows, other images; a changed mixture
         ingest(cat, "chartqa", mirror=root, splits=["train"], limit=10)
         create_mixture(cat, "charts", [("chartqa", "source = 'chartqa'", 2)], replace=True)
@@ -142,6 +149,10 @@ def test_rollback_restores_rows_images_mixtures_and_can_be_undone(sample_mirror_
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert rows_of(catalog_dir) == rows_before
+    # Every table as it was: runs, resume marks, errors, mixtures, the vision mode (catalog_info).
+    assert every_table(catalog_dir) == tables_before
+    assert all(tables_before[t] for t in ("ingest_runs", "ingest_shards", "mixtures", "mixture_components",
+                                          "catalog_info"))
     with Catalog(catalog_dir, read_only=True) as cat:
         assert cat.con.execute("SELECT count(*) FROM mix_charts").fetchone()[0] == 60  # weight 1 again
         paths = {p for (p,) in cat.con.execute("SELECT image_path FROM samples").fetchall()}

@@ -13,7 +13,7 @@ import json
 
 from ocrcat.catalog.images import ImageKeys
 from ocrcat.catalog.schema import TABLES
-from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError, retry_lost_races
+from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError, insert_rows, retry_lost_races
 
 METADATA = f"__ducklake_metadata_{LAKE}"  # DuckLake's own tables, in catalog.sqlite
 
@@ -96,6 +96,11 @@ def rollback(catalog: Catalog, snapshot: int) -> int:
         raise CatalogBusy(f"ingests are running ({', '.join(busy)}); roll back when they have ended")
 
     def restore(con):
+        # The small tables as they were, read before anything is deleted: inside a transaction that
+        # deleted rows, DuckLake hides them from a time-travel read of the same files as well, so
+        # "DELETE, then INSERT … AT (VERSION => N)" would put back only rows deleted since N.
+        then_rows = {table: con.execute(f"SELECT * FROM {table} AT (VERSION => {int(snapshot)})").to_arrow_table()
+                     for table in TABLES if table not in ("samples", "samples_pending")}
         for table in TABLES:
             if table in ("samples", "samples_pending"):
                 # Only the difference moves: a sample's row is fixed by (sample_id, ingest_run).
@@ -107,7 +112,7 @@ def rollback(catalog: Catalog, snapshot: int) -> int:
                                       WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run)""")
             else:
                 con.execute(f"DELETE FROM {table}")
-                con.execute(f"INSERT INTO {table} SELECT * FROM {table} AT (VERSION => {int(snapshot)})")
+                insert_rows(con, table, then_rows[table])
         _restore_views(con, snapshot, _metadata(catalog, "ducklake_view"))
         return catalog.next_snapshot()
 
