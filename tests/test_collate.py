@@ -101,6 +101,30 @@ def test_every_layout_and_loss_through_a_two_worker_loader(export_dir, layout, l
                 assert lengths[i] == len(ds[i]["ids"])
 
 
+def test_a_second_epoch_serves_the_whole_plan_again_and_resumes_mid_epoch(export_dir):  # noqa: F811
+    ds = MixtureDataset(export_dir)
+    sampler = PlanBatchSampler(len(ds), 4, drop_last=False)
+    loader = DataLoader(ds, batch_sampler=sampler, num_workers=2, collate_fn=VisionCollator(ds.tokenizer))
+    epochs = []
+    for _ in range(2):  # the README's loop, twice: step() after every batch
+        assert len(loader) == len(sampler.batches())
+        seen = []
+        for batch in loader:
+            seen += batch.positions.tolist()
+            sampler.step(batch)
+        epochs.append(seen)
+    assert epochs[0] == epochs[1] == list(range(len(ds)))
+    assert sampler.epoch == 1 and sampler.consumed == len(ds)
+    # A checkpoint three batches into the third epoch resumes there, in a fresh sampler.
+    for batch, _ in zip(loader, range(3)):
+        sampler.step(batch)
+    state = sampler.state_dict()
+    assert (state["epoch"], state["consumed"]) == (2, 12)
+    resumed = PlanBatchSampler(len(ds), 4, drop_last=False)
+    resumed.load_state_dict(state)
+    assert [b for b in resumed] == [b.tolist() for b in sampler.batches()[3:]] and resumed.epoch == 2
+
+
 def test_unknown_layout_and_loss_are_refused(export_dir):  # noqa: F811
     with pytest.raises(ValueError, match="layout"):
         MixtureDataset(export_dir, layout="sft")

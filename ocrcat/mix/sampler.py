@@ -4,6 +4,7 @@ The plan is already shuffled (seeded) by the mixture, so the sampler keeps its o
 are a pure function of (n, batch size, rank, world size, lengths, window): the DataLoader's worker
 count cannot change them. Because the DataLoader prefetches, the sampler cannot know what training
 has used; the loop tells it with `step(batch)`, and `state_dict()` records exactly that.
+A pass over the plan is an epoch: once training has used all of it, the next pass starts over.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class PlanBatchSampler(torch.utils.data.Sampler):
             raise ValueError(f"lengths has {len(self.lengths)} entries for {n} samples")
         self.window = window or 64 * batch_size
         self.drop_last = drop_last
-        self.consumed = 0  # samples of this rank that training has used
+        self.consumed = 0  # samples of this rank that training has used in this epoch
+        self.epoch = 0  # passes over the plan that training has finished
 
     def order(self) -> np.ndarray:
         """This rank's indices in the order they are served."""
@@ -102,16 +104,22 @@ class PlanBatchSampler(torch.utils.data.Sampler):
         return out
 
     def __iter__(self):
+        batches = self.batches()
+        if self.consumed and self.consumed >= sum(len(b) for b in batches):
+            self.consumed, self.epoch = 0, self.epoch + 1  # the last epoch was used up: a new one
         seen = 0
-        for b in self.batches():
+        for b in batches:
             if seen >= self.consumed:
                 yield b.tolist()
             seen += len(b)
 
     def __len__(self) -> int:
+        """Batches the next pass yields: those of this epoch not used yet, or a whole new epoch."""
+        batches = self.batches()
+        consumed = self.consumed if self.consumed < sum(len(b) for b in batches) else 0
         seen, count = 0, 0
-        for b in self.batches():
-            count += seen >= self.consumed
+        for b in batches:
+            count += seen >= consumed
             seen += len(b)
         return count
 
@@ -120,7 +128,7 @@ class PlanBatchSampler(torch.utils.data.Sampler):
         self.consumed += batch if isinstance(batch, int) else batch.consumed
 
     def state_dict(self) -> dict:
-        return {"consumed": self.consumed, "rank": self.rank, "world_size": self.world_size,
+        return {"consumed": self.consumed, "epoch": self.epoch, "rank": self.rank, "world_size": self.world_size,
                 "n": self.n, "batch_size": self.batch_size, "block": self.block}
 
     def load_state_dict(self, state: dict) -> None:
@@ -128,7 +136,7 @@ class PlanBatchSampler(torch.utils.data.Sampler):
             if state.get(key, 1 if key == "block" else None) != getattr(self, key):
                 raise ValueError(f"cannot resume: the saved state has {key}={state.get(key, 1)}, this sampler "
                                  f"{getattr(self, key)}; resume with the same data, batch size and world size")
-        self.consumed = state["consumed"]
+        self.consumed, self.epoch = state["consumed"], state.get("epoch", 0)
 
     def padding_efficiency(self, lengths: np.ndarray, pad_to_multiple: int = 1) -> float:
         """Real tokens / padded tokens over this rank's batches, computed from `lengths` alone."""
