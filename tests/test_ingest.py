@@ -284,10 +284,12 @@ def test_sigkill_mid_ingest_then_rerun_equals_uninterrupted(sample_mirror_factor
         referenced = {p for (p,) in cat.con.execute("SELECT DISTINCT image_path FROM samples").fetchall()}
         resumed = cat.con.execute("SELECT resumed_from FROM ingest_runs WHERE split = 'train' "
                                   "ORDER BY run_id DESC LIMIT 1").fetchone()[0]
+        killed = cat.con.execute("SELECT status, message FROM ingest_runs WHERE run_id = ?", [resumed]).fetchone()
     on_disk = {p.relative_to(tmp_path / "killed").as_posix() for p in (tmp_path / "killed/images").rglob("*")
                if p.is_file()}
     assert on_disk == referenced  # no orphan left behind, nothing referenced missing
     assert resumed is not None  # the rerun continued the killed run rather than starting over
+    assert killed[0] == "interrupted" and "killed?" in killed[1]  # not `running` forever
 
 
 HOLDER = textwrap.dedent(

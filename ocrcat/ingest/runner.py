@@ -439,6 +439,12 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str, argu
     def start(con) -> int:
         # max + 1: commits take turns (Catalog.commit), so no two runs get one id
         (next_id,) = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchone()
+        # A run of this split still marked running was killed before it could say so (kill -9, a
+        # lost machine): the split's lock is ours. It ends here, whether this run resumes it or not,
+        # or it would hold back a shared catalog's image sweep forever.
+        con.execute("UPDATE ingest_runs SET status = 'interrupted', finished_at = now(), message = ? "
+                    "WHERE source = ? AND split = ? AND status = 'running'",
+                    [f"ended without recording how (killed?); run {next_id} took over", source, split])
         if resumed_from is None:
             for table in ("samples_pending", "ingest_shards"):
                 con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
