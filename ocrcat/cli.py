@@ -23,6 +23,7 @@ from rich.text import Text
 
 from ocrcat import vision
 from ocrcat.catalog import Catalog, CatalogError
+from ocrcat.catalog.store import interrupted
 from ocrcat.catalog.sqltext import bind_json_arrows
 from ocrcat.inspection.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
@@ -64,12 +65,18 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a t
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the errors a user can cause into a one-line message and exit status 2."""
+    """Turn the errors a user can cause into a one-line message and exit status 2, and Ctrl-C (or
+    `kill`) into "interrupted" and 130 (143), also when DuckDB caught it in the middle of a query."""
     try:
         yield
-    except (CatalogError, MirrorError, ValueError, ConnectionError, duckdb.Error) as exc:
-        error(str(exc))
-        raise typer.Exit(2) from None
+    except BaseException as exc:
+        if interrupted(exc):
+            err.print(Text.assemble(("interrupted", "yellow")))
+            raise typer.Exit(_interrupt_status()) from None
+        if isinstance(exc, (CatalogError, MirrorError, ValueError, ConnectionError, duckdb.Error)):
+            error(str(exc))
+            raise typer.Exit(2) from None
+        raise
 
 
 # C0 controls but the newline, DEL, C1 controls and the bidi overrides, which reorder what follows.
@@ -277,12 +284,14 @@ def ingest(
                     summaries += run_ingest(cat, name, mirror=mirror_root_opt, splits=split, limit=limit,
                                             workers=workers, options=options, progress=RichProgress(),
                                             max_error_rate=max_error_rate, limits=limits, ray=ray)
-                except KeyboardInterrupt as exc:
-                    err.print(Text.assemble(("interrupted", "yellow"), ": rerun the same command to resume where it stopped"))
-                    raise typer.Exit(143 if exc.args == ("SIGTERM",) else 130) from None
                 except IngestFailed as exc:
                     failure = exc
                     break
+                except BaseException as exc:
+                    if not interrupted(exc):
+                        raise
+                    err.print(Text.assemble(("interrupted", "yellow"), ": rerun the same command to resume where it stopped"))
+                    raise typer.Exit(_interrupt_status()) from None
     if summaries:
         print_table(
             ["source", "split", "rows", "errors", "skipped", "resumed shards", "seconds", "images/s"],
@@ -302,12 +311,21 @@ def ingest(
         raise typer.Exit(1)
 
 
+_terminated = False  # set when SIGTERM (`kill PID`) stopped the command, rather than Ctrl-C
+
+
+def _interrupt_status() -> int:
+    return 143 if _terminated else 130
+
+
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """`kill PID` stops an ingest like Ctrl-C: workers killed, the run marked interrupted."""
     import signal
 
     def interrupt(signum, frame):
+        global _terminated
+        _terminated = True  # DuckDB may turn the KeyboardInterrupt into its own error: remember which
         raise KeyboardInterrupt("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, interrupt)

@@ -351,6 +351,30 @@ def test_no_worker_survives_the_main_process(how, tmp_path):
     assert resumed.returncode == 0 and snapshot(catalog) == clean_snapshot(tmp_path, mirror)
 
 
+def test_ctrl_c_during_a_duckdb_query_is_an_interrupt_not_a_fault(tmp_path):
+    # DuckDB turns a Ctrl-C that arrives mid-query into its own error ("Query interrupted"), which
+    # once read as a failed shard commit (exit 1, run `failed`) or a traceback. (SIGTERM waits for
+    # the query to end: DuckDB only watches for SIGINT.)
+    how = "SIGINT"
+    mirror, catalog = write_chartqa(tmp_path / "m", 60), tmp_path / "catalog"
+    env = with_hook(tmp_path, f"""
+        import os, signal, threading
+        from ocrcat.ingest import runner
+        _real = runner._commit_shards
+        def _commit_shards(catalog, *args):
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.{how})).start()
+            catalog.con.execute("SELECT count(*) FROM range(1000000000000) t(x) WHERE x % 7 = 3").fetchall()
+            return _real(catalog, *args)
+        runner._commit_shards = _commit_shards
+    """)
+    stopped = run(ingest_args(mirror, catalog), env=env)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "interrupted: rerun the same command" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert last_run(catalog)["status"] == "interrupted"
+    resumed = run(ingest_args(mirror, catalog))
+    assert resumed.returncode == 0 and snapshot(catalog) == clean_snapshot(tmp_path, mirror)
+
+
 # --- The sweep deletes only what ocrcat created.
 
 

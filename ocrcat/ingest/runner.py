@@ -53,7 +53,7 @@ from ocrcat.catalog import Catalog, ImageStore, sample_id
 from ocrcat.catalog.images import open_store
 from ocrcat.catalog.images import UnsafeSweep
 from ocrcat.catalog.snapshots import compact
-from ocrcat.catalog.store import insert_rows, process_alive
+from ocrcat.catalog.store import insert_rows, interrupted, process_alive
 from ocrcat.catalog.schema import SAMPLE_COLUMN_NAMES
 from ocrcat.ingest import limits as caps
 from ocrcat.ingest import registry
@@ -339,14 +339,18 @@ def _run_split(catalog: Catalog, source: str, split: str, fingerprint: str, run_
         try:
             _commit_run(catalog, source, split, fingerprint, summary)
         except Exception as exc:
+            if interrupted(exc):
+                raise KeyboardInterrupt from None
             raise IngestFailed(f"{source}/{split}: the final commit to the catalog at {catalog.dir} failed: "
                                f"{_cause(exc)}; the previous rows are unchanged; fix the cause and rerun "
                                "the same command (its shards are kept)") from None
         summary.status = "completed"
-    except KeyboardInterrupt:
-        summary.status, message = "interrupted", "interrupted"
-        raise
     except BaseException as exc:
+        if interrupted(exc):  # Ctrl-C or `kill`, also when DuckDB caught it mid-query
+            summary.status, message = "interrupted", "interrupted"
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            raise KeyboardInterrupt from None
         summary.status, message = "failed", str(exc) or type(exc).__name__
         raise
     finally:
@@ -395,6 +399,8 @@ def _land_shards(catalog: Catalog, source: str, split: str, fingerprint: str, ru
     try:
         _commit_shards(catalog, source, split, fingerprint, run_id, batch, seen)
     except Exception as exc:
+        if interrupted(exc):
+            raise KeyboardInterrupt from None
         keys = ", ".join(r.shard_key for r in batch[:3]) + (f" and {len(batch) - 3} more" if len(batch) > 3 else "")
         raise IngestFailed(f"{source}/{split}: writing shard(s) {keys} to the catalog at {catalog.dir} "
                            f"failed: {_cause(exc)}; nothing of them landed and the previous rows are "
