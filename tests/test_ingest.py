@@ -83,7 +83,7 @@ def test_ingest_matches_the_mirror_records(source, sample_mirror_factory, catalo
         assert row["image_tokens"] == vision.count_image_tokens(width, height, "gundam")
         if source == "chartqa":
             assert json.loads(row["meta"])["origin"] == ["human", "machine"][record["human_or_machine"]]
-        assert row["ingest_run"] == runs[row["split"]]  # stamped by the commit: the run that wrote it
+        assert row["ingest_run"] == runs[row["split"]]  # the run that wrote it
 
 
 def test_sample_mirror_reads_back_as_images_with_datasets(sample_mirror_factory):

@@ -37,7 +37,6 @@ import os
 import signal
 import threading
 import time
-import uuid
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import closing
@@ -294,41 +293,23 @@ def _ingest_split(
     fingerprint = _fingerprint(source, split, options, limit, catalog.vision_mode, limits)
     arguments = {"options": options, "limit": limit, "workers": workers, "max_error_rate": max_error_rate,
                  "limits": limits.as_dict(), **({"ray": ray} if ray else {})}
-    resumed_from, done = _resume_point(catalog.con, source, split, fingerprint)
-    # Workers need no run id (the commits stamp it on the rows), only a token new for every run (_run_store).
-    results = _process([s for s in shards if s.key not in done], (source, split, catalog.image_root,
-                       catalog.vision_mode, options, limits, uuid.uuid4().hex), workers, ray)
-    with closing(results):  # an early exit kills the workers now, not when garbage is collected
-        # The first batch is empty: taking it starts the workers. Locally they start before the run
-        # is recorded (~0.1-0.4 s of a split), since the split's lock keeps every sweep off this
-        # source's new images. A shared catalog is swept from other machines, which see a run only
-        # once it is recorded: there it is recorded before any image is written.
-        if not catalog.shared:
-            next(results)
-        run_id = _start_run(catalog, source, split, fingerprint, arguments, resumed_from)
-        if catalog.shared:
-            next(results)
-        return _run_split(catalog, source, split, fingerprint, run_id, shards, done, results, progress,
-                          max_error_rate)
-
-
-def _run_split(catalog: Catalog, source: str, split: str, fingerprint: str, run_id: int, shards: list[Shard],
-               done: dict[str, tuple[int, int, int]], results: Iterator[list[ShardResult]], progress: Progress,
-               max_error_rate: float | None) -> RunSummary:
-    """Land the results of a recorded run, check its error rate and replace the split's rows; a run
-    that does not complete is recorded as failed or interrupted, and raises."""
+    run_id, done = _start_run(catalog, source, split, fingerprint, arguments)
     summary = RunSummary(run_id, source, split, shards_total=len(shards), shards_resumed=len(done))
     for rows, errors, skipped in done.values():
         summary.rows += rows
         summary.errors += errors
         summary.skipped += skipped
+    pending = [s for s in shards if s.key not in done]
     progress.start(source, split, sum(s.size for s in shards), sum(s.size for s in shards if s.key in done))
 
     started = time.perf_counter()
     message = None
     try:
-        seen = _pending_ids(catalog.con, source, split) if done else SeenIds()
-        _land_in_batches(catalog, source, split, fingerprint, run_id, results, summary, seen, progress)
+        seen = _pending_ids(catalog.con, source, split)
+        results = _process(pending, (source, split, catalog.image_root, catalog.vision_mode, options, limits, run_id),
+                           workers, ray)
+        with closing(results):  # an early exit kills the workers now, not when garbage is collected
+            _land_in_batches(catalog, source, split, fingerprint, run_id, results, summary, seen, progress)
         if max_error_rate is not None and summary.error_rate > max_error_rate:
             raise ErrorRateExceeded(
                 f"{source}/{split}: {summary.errors} of {summary.rows + summary.errors} records rejected "
@@ -416,42 +397,37 @@ def _land_shards(catalog: Catalog, source: str, split: str, fingerprint: str, ru
 # Plain INSERTs with explicit filters: no ON CONFLICT / INSERT OR IGNORE / primary keys relied on.
 
 
-def _resume_point(con, source: str, split: str, fingerprint: str) -> tuple[int | None, dict[str, tuple[int, int, int]]]:
-    """The run a new run resumes, and the shards that one finished: (rows, errors, skipped) by key.
+def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
+               arguments: dict) -> tuple[int, dict[str, tuple[int, int, int]]]:
+    """Record a new run; returns its id and the shards already done by the run it resumes.
 
-    That is the last run of the source and split, when it did not complete and had the same
-    fingerprint; otherwise (None, {}): the new run starts over. Read before the new run is recorded,
-    which changes nothing here: the caller holds the split's ingest lock, and only an ingest of the
-    split writes its runs and shards.
-    """
-    last, status, last_fingerprint = con.execute(
-        "SELECT max(run_id), arg_max(status, run_id), arg_max(fingerprint, run_id) FROM ingest_runs "
-        "WHERE source = ? AND split = ?", [source, split]).fetchone()
-    if last is None or status == "completed" or last_fingerprint != fingerprint:
-        return None, {}
-    return last, {key: (rows, errors, skipped) for key, rows, errors, skipped in con.execute(
-        "SELECT shard_key, rows, errors, skipped FROM ingest_shards WHERE source = ? AND split = ? AND fingerprint = ?",
-        [source, split, fingerprint]).fetchall()}
-
-
-def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str, arguments: dict,
-               resumed_from: int | None) -> int:
-    """Record a new run (resuming run `resumed_from`, see _resume_point); returns its id.
-
-    A run that starts over drops what unfinished runs left pending. The split's visible rows are
-    not touched here: only `_commit_run` replaces them.
+    A run resumes the last run of its source and split when that one did not complete and had the
+    same fingerprint; otherwise it starts over, dropping what unfinished runs left pending. The
+    split's visible rows are not touched here: only `_commit_run` replaces them.
     """
 
-    def start(con) -> int:
+    def start(con) -> tuple[int, dict[str, tuple[int, int, int]]]:
         # max + 1: commits take turns (Catalog.commit), so no two runs get one id
-        (next_id,) = con.execute("SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs").fetchone()
-        # A run of this split still marked running was killed before it could say so (kill -9, a
-        # lost machine): the split's lock is ours. It ends here, whether this run resumes it or not,
-        # or it would hold back a shared catalog's image sweep forever.
-        con.execute("UPDATE ingest_runs SET status = 'interrupted', finished_at = now(), message = ? "
-                    "WHERE source = ? AND split = ? AND status = 'running'",
-                    [f"ended without recording how (killed?); run {next_id} took over", source, split])
-        if resumed_from is None:
+        next_id, last, status, last_fingerprint, running = con.execute(
+            "SELECT (SELECT coalesce(max(run_id), 0) + 1 FROM ingest_runs), "
+            "max(run_id), arg_max(status, run_id), arg_max(fingerprint, run_id), count(*) FILTER (status = 'running') "
+            "FROM ingest_runs WHERE source = ? AND split = ?",
+            [source, split],
+        ).fetchone()
+        resume = last is not None and status != "completed" and last_fingerprint == fingerprint
+        if running:
+            # A run of this split still marked running was killed before it could say so (kill -9,
+            # a lost machine): the split's lock is ours. It ends here, whether this run resumes it or
+            # not, or it would hold back a shared catalog's image sweep forever.
+            con.execute("UPDATE ingest_runs SET status = 'interrupted', finished_at = now(), message = ? "
+                        "WHERE source = ? AND split = ? AND status = 'running'",
+                        [f"ended without recording how (killed?); run {next_id} took over", source, split])
+        if resume:
+            done = {key: (rows, errors, skipped) for key, rows, errors, skipped in con.execute(
+                "SELECT shard_key, rows, errors, skipped FROM ingest_shards "
+                "WHERE source = ? AND split = ? AND fingerprint = ?", [source, split, fingerprint]).fetchall()}
+        else:
+            done = {}
             for table in ("samples_pending", "ingest_shards"):
                 con.execute(f"DELETE FROM {table} WHERE source = ? AND split = ?", [source, split])
             # Errors of unfinished runs go too; those of the split's current rows stay until replaced.
@@ -463,9 +439,9 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str, argu
         con.execute(
             "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status, "
             "resumed_from) VALUES (?, ?, ?, ?, ?, now(), 'running', ?)",
-            [next_id, source, split, fingerprint, json.dumps(arguments, default=str), resumed_from],
+            [next_id, source, split, fingerprint, json.dumps(arguments, default=str), last if resume else None],
         )
-        return next_id
+        return next_id, done
 
     return catalog.commit(start, f"ingest {source}/{split}: run started", kind="run-start",
                           source=source, split=split)
@@ -517,8 +493,6 @@ def _commit_shards(catalog: Catalog, source: str, split: str, fingerprint: str, 
     join per commit (SeenIds: 8 bytes an id in the main process).
     """
     table = pa.concat_tables([result.rows for result in batch])
-    table = table.set_column(table.schema.get_field_index("ingest_run"), "ingest_run",
-                             pa.array(np.full(table.num_rows, run_id, dtype=np.int32)))
     ids = table.column("sample_id").to_numpy()
     keep = np.zeros(len(ids), dtype=bool)
     keep[np.unique(ids, return_index=True)[1]] = True  # the first of each id in this batch
@@ -600,18 +574,14 @@ def _process(shards: list[Shard], args: tuple, workers: int, ray: str | None = N
     """Results of `process_shard` for every shard, in completion order, in `workers` processes
     (or as tasks on the Ray cluster at `ray`); in batches of those that finished together.
 
-    The first batch is empty, yielded once the workers have their first shards: the caller takes
-    it to start them, and does its own work meanwhile. A shard that faults raises IngestFailed; so
-    does a worker that dies. On any early exit the workers are killed (Ray tasks cancelled) at once
-    rather than left to finish on their own.
+    A shard that faults raises IngestFailed; so does a worker that dies. On any early exit the
+    workers are killed (Ray tasks cancelled) at once rather than left to finish on their own.
     """
     source, split = args[:2]
     if ray:
-        yield []
         yield from _run_ray(shards, args, ray)
         return
     if workers <= 1 or len(shards) <= 1:
-        yield []
         for shard in shards:
             yield [_unwrap(source, split, shard.key, lambda: process_shard(shard, *args))]
         return
@@ -640,7 +610,6 @@ def _run_pool(pool: ProcessPoolExecutor, queue: Iterator[Shard], args: tuple,
     (so the shards that finished before it still land)."""
     source, split = args[:2]
     running = {pool.submit(process_shard, s, *args): s.key for s in itertools.islice(queue, workers * 2)}
-    yield []
     while running:
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         batch, fault = [], None
@@ -747,16 +716,16 @@ def _watch(parent: int, main_pid: int) -> None:
 
 
 def process_shard(shard: Shard, source_name: str, split: str, image_root: str, mode: str,
-                  options: dict, limits: caps.Limits, run_token: str) -> ShardResult:
+                  options: dict, limits: caps.Limits, run_id: int) -> ShardResult:
     """Read one shard and turn its records into rows, storing images. Runs in a worker.
 
     Bad records become `Rejected` in the result; anything that stops the shard itself (an I/O
     error, a full disk, a corrupt file, a reader that breaks) raises ShardFault instead, so that
-    nothing of the shard lands. The rows' `ingest_run` is left empty: the commit stamps it.
+    nothing of the shard lands.
     """
     source = registry.get(source_name)
     caps.use(limits)
-    store = _run_store(image_root, limits.max_image_pixels, run_token)
+    store = _run_store(image_root, limits.max_image_pixels, run_id)
     result, rows = ShardResult(shard.key), []
     limit = shard.payload.get("_limit")
     try:
@@ -768,6 +737,7 @@ def process_shard(shard: Shard, source_name: str, split: str, image_root: str, m
             else:
                 row = _to_row(record, source.INFO.kind, source_name, split, store, mode, result)
                 if row is not None:
+                    row["ingest_run"] = run_id
                     rows.append(row)
         result.rows = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA)
     except Exception as exc:
@@ -779,11 +749,11 @@ def process_shard(shard: Shard, source_name: str, split: str, image_root: str, m
 _store: tuple[tuple, ImageStore] | None = None
 
 
-def _run_store(image_root: str, max_pixels: int, run_token: str) -> ImageStore:
+def _run_store(image_root: str, max_pixels: int, run_id: int) -> ImageStore:
     """One image store per run and process: it remembers the images it verified, so a repeat costs
     a hash. Never longer than a run: a later run's sweep may delete files this one stored."""
     global _store
-    key = (image_root, max_pixels, run_token, os.getpid())
+    key = (image_root, max_pixels, run_id, os.getpid())
     if _store is None or _store[0] != key:
         _store = (key, open_store(image_root, max_pixels))
     return _store[1]
