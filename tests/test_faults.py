@@ -354,7 +354,8 @@ def test_no_worker_survives_the_main_process(how, tmp_path):
 def test_ctrl_c_during_a_duckdb_query_is_an_interrupt_not_a_fault(tmp_path):
     # DuckDB turns a Ctrl-C that arrives mid-query into its own error ("Query interrupted"), which
     # once read as a failed shard commit (exit 1, run `failed`) or a traceback. (SIGTERM waits for
-    # the query to end: DuckDB only watches for SIGINT.)
+    # the query to end: DuckDB only watches for SIGINT.) The query would take seconds, not forever:
+    # a signal that lands just before it starts leaves it running, and the next query waits for it.
     how = "SIGINT"
     mirror, catalog = write_chartqa(tmp_path / "m", 60), tmp_path / "catalog"
     env = with_hook(tmp_path, f"""
@@ -362,8 +363,8 @@ def test_ctrl_c_during_a_duckdb_query_is_an_interrupt_not_a_fault(tmp_path):
         from ocrcat.ingest import runner
         _real = runner._commit_shards
         def _commit_shards(catalog, *args):
-            threading.Timer(0.5, os.kill, (os.getpid(), signal.{how})).start()
-            catalog.con.execute("SELECT count(*) FROM range(1000000000000) t(x) WHERE x % 7 = 3").fetchall()
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.{how})).start()
+            catalog.con.execute("SELECT count(*) FROM range(100000000) t(x) WHERE x % 7 = 3").fetchall()
             return _real(catalog, *args)
         runner._commit_shards = _commit_shards
     """)
