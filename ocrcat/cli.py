@@ -7,6 +7,7 @@ import datetime
 import decimal
 import faulthandler
 import json
+import math
 import re
 import sys
 import time
@@ -76,6 +77,12 @@ def user_errors() -> Iterator[None]:
         if isinstance(exc, (CatalogError, MirrorError, ValueError, ConnectionError, duckdb.Error)):
             error(str(exc))
             raise typer.Exit(2) from None
+        if isinstance(exc, OSError) and exc.strerror:  # a path that is a folder, a read-only disk, …
+            error(f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
+                  + (f" -> {exc.filename2}" if exc.filename2 else "")
+                  + "; check that path (a file where a folder is expected, or the other way round; "
+                  "permissions; free space) and rerun")
+            raise typer.Exit(2) from None
         raise
 
 
@@ -105,14 +112,35 @@ def _json_default(value):
     if isinstance(value, (datetime.date, datetime.datetime, datetime.time)):
         return value.isoformat()
     if isinstance(value, decimal.Decimal):
-        return float(value)
+        return _finite(float(value))
     if isinstance(value, (bytes, bytearray)):
         return value.hex()
     return str(value)
 
 
+def _finite(value):
+    """`value` with NaN and infinities as None: JSON (RFC 8259) has no spelling for them."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def print_json(value) -> None:
-    sys.stdout.write(json.dumps(value, default=_json_default, ensure_ascii=False, indent=2) + "\n")
+    sys.stdout.write(json.dumps(_finite(value), default=_json_default, ensure_ascii=False, indent=2,
+                                allow_nan=False) + "\n")
+
+
+def _csv_cell(value):
+    """A CSV field: lists, structs and maps as JSON, bytes as hex (as --json writes them)."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(_finite(value), default=_json_default, ensure_ascii=False)
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    return value
 
 
 def print_table(columns: list[str], rows: list[tuple], title: str | None = None) -> None:
@@ -372,7 +400,7 @@ def sql(
     elif as_csv:
         out = csv.writer(sys.stdout, lineterminator="\n")  # Unix tools expect \n (RFC 4180 allows it)
         out.writerow(columns)
-        out.writerows(rows)
+        out.writerows([_csv_cell(v) for v in row] for row in rows)
     elif columns:
         print_table(columns, rows)
 
@@ -700,16 +728,20 @@ def export(
             else:
                 manifest = export_mixture(cat, name, Path(out), format, split, relative_paths,
                                           require_images=require_images)
-    if as_json:
+    if as_json:  # the manifest carries the counts and the missing images
         print_json(manifest)
-    elif embed_images:
+        return
+    if embed_images:
         console.print(f"wrote {manifest['rows']} rows with their images in {len(manifest['shards'])} shards "
                       f"and manifest.json to {out}")
         return
-    else:
-        entry = manifest["exports"][split or "all"]
-        console.print(f"wrote {entry['rows']} rows to {Path(out) / entry['file']} and {Path(out) / 'manifest.json'}")
-    if manifest["missing_images_count"] and not as_json:  # --json carries it in the manifest
+    entry = manifest["exports"][split or "all"]
+    console.print(f"wrote {entry['rows']} rows to {Path(out) / entry['file']} and {Path(out) / 'manifest.json'}")
+    empty = [c["name"] for c in manifest["mixture"]["components"] if not entry["components"].get(c["name"])]
+    if empty:
+        warning(f"component(s) {', '.join(empty)} of {name} matched no rows in this export; their filters "
+                f"select nothing now (see `ocrcat mix show {name}`)")
+    if manifest["missing_images_count"]:
         warning(f"{manifest['missing_images_count']} image files of this plan are missing "
                 "(listed in manifest.json under missing_images); training will fail on their rows")
 

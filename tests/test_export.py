@@ -244,3 +244,20 @@ def test_plan_sorted_in_many_buckets_is_the_same_file(catalog, tmp_path, monkeyp
     table = pq.read_table(many, columns=["position", "sample_id", "component", "repeat"])
     assert list(zip(*(c.to_pylist() for c in table.columns))) == view
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["m.all.parquet", "manifest.json"]
+
+
+def test_cli_export_warns_of_a_component_that_matches_nothing_now(sample_mirror_factory, tmp_path):
+    from typer.testing import CliRunner
+
+    from ocrcat.cli import app
+
+    with Catalog(tmp_path / "catalog") as cat:
+        for source in ("chartqa", "mathwriting"):
+            ingest(cat, source, mirror=sample_mirror_factory(source), splits=["train"])
+        create_mixture(cat, "both", [("charts", "source = 'chartqa'", 1), ("hand", "source = 'mathwriting'", 1)])
+        cat.con.execute("DELETE FROM samples WHERE source = 'mathwriting'")  # e.g. re-ingested with a typo
+    result = CliRunner().invoke(app, ["export", "both", "--out", str(tmp_path / "out")],
+                                env={"OCRCAT_HOME": str(tmp_path / "catalog"), "COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    assert "warning: component(s) hand of both matched no rows in this export" in result.output
+    assert "charts" not in result.output.split("warning:")[1]

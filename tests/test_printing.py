@@ -103,3 +103,38 @@ def test_errors(catalog):
     bad_id = run(path, "show", HOSTILE)
     assert bad_id.returncode == 2
     assert bad_id.stderr == f"error: {HOSTILE!r} is not a sample id: give the number from the sample_id column\n"
+
+
+def test_json_has_no_nan_and_csv_writes_nested_values_as_json(catalog):
+    path, _ = catalog
+    query = "SELECT 'nan'::DOUBLE AS a, '-inf'::DOUBLE AS b, 1.5::DOUBLE AS c, {'k': [1, 2]} AS s, '\\xaa'::BLOB AS bl"
+    as_json = run(path, "sql", query, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    assert json.loads(as_json.stdout, parse_constant=refuse) == [{"a": None, "b": None, "c": 1.5, "s": {"k": [1, 2]},
+                                                                  "bl": "aa"}]
+    as_csv = run(path, "sql", query, "--csv")
+    assert list(csv.reader(io.StringIO(as_csv.stdout))) == [["a", "b", "c", "s", "bl"],
+                                                             ["nan", "-inf", "1.5", '{"k": [1, 2]}', "aa"]]
+
+
+def test_paths_of_the_wrong_kind_are_one_line_errors(catalog, tmp_path):
+    path, _ = catalog
+    folder, a_file = tmp_path / "a-folder", tmp_path / "a-file"
+    folder.mkdir()
+    a_file.write_text("mine")
+    report = run(path, "report", "--out", str(folder))
+    assert report.returncode == 2 and report.stderr == (f"error: {folder} is a folder; give the report a file name, "
+                                                        f"e.g. {folder / 'report.html'}\n")
+    plots = run(path, "stats", "--plot", str(a_file))
+    assert plots.returncode == 2 and plots.stderr.startswith(f"error: File exists: {a_file}; check that path")
+    assert a_file.read_text() == "mine"
+
+
+def test_an_unknown_vision_mode_creates_nothing(tmp_path):
+    out = run(tmp_path / "new", "init", "--vision-mode", "huge")
+    assert out.returncode == 2 and "unknown vision mode 'huge'" in out.stderr
+    assert not (tmp_path / "new").exists()

@@ -129,6 +129,8 @@ class Catalog:
         at: int | None = None,
         _migrating: bool = False,
     ):
+        if vision_mode is not None:
+            vision.get_mode(vision_mode)  # an unknown mode is refused before anything is created
         self.dir, self.shared = locate(path)
         self.metadata_path = self.dir / METADATA_NAME
         self.data_path = self.dir / DATA_DIR

@@ -31,6 +31,8 @@ SHOWN_QUANTILES = ("p50", "p90", "max")
 
 def build_report(catalog: Catalog, out: Path, *, seed: int = 0, per_source: int = 6, tokenizer=None) -> Path:
     """Write the report to `out` (atomically) and return it; `seed` picks the gallery's samples."""
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; give the report a file name, e.g. {out / 'report.html'}")
     sections = [
         _overview(catalog, seed, per_source),
         _validation(catalog),
