@@ -388,7 +388,7 @@ def sql(
         if write:
             if allow:
                 raise ValueError("--allow is for queries without --write (with --write every file is reachable)")
-            with Catalog(catalog) as cat:
+            with Catalog(catalog, create=False) as cat:
                 result = cat.con.execute(bind_json_arrows(query))  # None for an empty query
                 columns = [d[0] for d in result.description] if result is not None and result.description else []
                 answer = QueryResult(columns, result.fetchall() if columns else [])
@@ -652,7 +652,7 @@ def mix_create(
     """
     from ocrcat.mix.mixtures import create_mixture
 
-    with user_errors(), Catalog(catalog) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat:
         create_mixture(cat, name, [_parse_component(c) for c in component], text_share, seed, text_predicate, replace)
     console.print(f"created mixture {name}: ocrcat mix show {name}, or SELECT … FROM mix_{name}")
 
@@ -673,7 +673,7 @@ def mix_load(
     if (file is None) == (not preset):
         error("give a TOML file or --preset (not both)")
         raise typer.Exit(2)
-    with user_errors(), Catalog(catalog) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat:
         loaded = load_toml(cat, file, only)
     console.print(f"loaded {', '.join(d['name'] for d in loaded)}")
 
@@ -686,7 +686,7 @@ def mix_drop(name: Annotated[str, typer.Argument(help="mixture name")], catalog:
     """
     from ocrcat.mix.mixtures import drop_mixture
 
-    with user_errors(), Catalog(catalog) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat:
         drop_mixture(cat, name)
     console.print(f"dropped mixture {name}")
 
@@ -784,7 +784,7 @@ def rollback(
     """
     from ocrcat.catalog.snapshots import rollback as restore
 
-    with user_errors(), Catalog(catalog) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat:
         made = restore(cat, snapshot)
     console.print(f"restored snapshot {snapshot} as snapshot {made}; undo with: ocrcat rollback {made - 1}")
 
@@ -805,7 +805,7 @@ def compact(
     """
     from ocrcat.catalog.snapshots import compact as run_compact
 
-    with user_errors(), Catalog(catalog) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat:
         result = run_compact(cat, older_than_snapshot=expire_before)
     if as_json:
         print_json(result)

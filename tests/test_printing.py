@@ -138,3 +138,15 @@ def test_an_unknown_vision_mode_creates_nothing(tmp_path):
     out = run(tmp_path / "new", "init", "--vision-mode", "huge")
     assert out.returncode == 2 and "unknown vision mode 'huge'" in out.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["mix", "create", "m", "-C", "all=true:1"], ["mix", "load", "mixtures.toml"], ["mix", "drop", "m"],
+    ["rollback", "1"], ["compact"], ["sql", "CREATE TABLE t (x INT)", "--write"],
+])
+def test_a_writer_on_a_mistyped_catalog_path_creates_nothing(tmp_path, command):
+    # Only init, ingest and migrate make a catalog; elsewhere a missing one is a typo, not a request.
+    out = run(tmp_path / "typo", *command)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith(f"error: no catalog at {tmp_path / 'typo'}: ingest something first")
+    assert not (tmp_path / "typo").exists()

@@ -114,7 +114,8 @@ def sample_id(source: str, split: str, source_key: str) -> int:
 
 class Catalog:
     """An open catalog. Use as a context manager; `read_only=True` for queries; `at=N` reads
-    snapshot N (read-only) as it was when committed.
+    snapshot N (read-only) as it was when committed; `create=False` refuses a path that holds no
+    catalog (what every command but init, ingest and migrate wants: a mistyped path is an error).
 
     >>> with Catalog("ocrcat-data", read_only=True) as cat:
     ...     cat.con.sql("SELECT source, count(*) FROM samples GROUP BY 1").show()
@@ -125,6 +126,7 @@ class Catalog:
         path: str | os.PathLike | None = None,
         *,
         read_only: bool = False,
+        create: bool = True,
         vision_mode: str | None = None,
         at: int | None = None,
         _migrating: bool = False,
@@ -149,7 +151,7 @@ class Catalog:
                     f"{self.dir} holds a catalog in the old single-file format ({LEGACY_NAME}); "
                     f"convert it once, keeping rows and images, with: ocrcat migrate --catalog {self.dir}"
                 )
-            if self.read_only:
+            if self.read_only or not create:
                 raise CatalogError(
                     f"no catalog at {self.dir}: ingest something first (ocrcat ingest …) "
                     "or point --catalog / $OCRCAT_HOME at an existing one"
