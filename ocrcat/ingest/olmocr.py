@@ -279,7 +279,7 @@ def render_page(data: bytes, dpi: int, max_side: int, rotation: int = 0) -> tupl
         if doc.is_repaired:
             facts["pdf_repaired"] = True  # damaged (e.g. truncated) but MuPDF could rebuild it
         try:
-            page = doc[0]
+            page = _whole_sheet(doc, doc[0])
             if rotation:
                 # olmOCR turns the rendered page with PIL's ROTATE_{90,180,270}: counter-clockwise.
                 # A page's /Rotate turns clockwise, so adding 360 - rotation renders the same pixels.
@@ -292,6 +292,20 @@ def render_page(data: bytes, dpi: int, max_side: int, rotation: int = 0) -> tupl
             return pix.tobytes("png"), facts
         except Exception as exc:
             raise ValueError(f"cannot render page 0: {exc}") from None
+
+
+def _whole_sheet(doc: pymupdf.Document, page: pymupdf.Page) -> pymupdf.Page:
+    """`page` with its CropBox set to its MediaBox, so the whole sheet is rendered.
+
+    olmOCR's text was written from renders of the whole sheet (its renderpdf.py runs poppler's
+    pdftoppm, which renders the MediaBox), and MuPDF renders only the CropBox: on a page whose
+    CropBox is smaller (printers' trims, cropped scans) the image would lose text the row holds.
+    The key is written as PDF numbers (page.mediabox is in the PDF's own coordinates, inherited
+    boxes resolved); set_cropbox would want another coordinate system.
+    """
+    box = page.mediabox
+    doc.xref_set_key(page.xref, "CropBox", f"[{box.x0!r} {box.y0!r} {box.x1!r} {box.y1!r}]")
+    return doc.reload_page(page)
 
 
 def _page_number(value) -> int | None:
