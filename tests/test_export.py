@@ -261,3 +261,53 @@ def test_cli_export_warns_of_a_component_that_matches_nothing_now(sample_mirror_
     assert result.exit_code == 0, result.output
     assert "warning: component(s) hand of both matched no rows in this export" in result.output
     assert "charts" not in result.output.split("warning:")[1]
+
+
+def test_a_reader_takes_one_split_of_a_folder_never_their_union(catalog, tmp_path):
+    from ocrcat.mix import MixtureDataset
+    from ocrcat.mix.tasks import ExportTask
+
+    with Catalog(catalog, read_only=True) as cat:
+        rows = {s: export_mixture(cat, "m", tmp_path, split=s)["exports"][s]["rows"] for s in ("train", "val")}
+    for name in ("train", "val", "validation"):  # nanochat's name for val is an alias
+        assert len(MixtureDataset(tmp_path, split=name, tokenizer="byte")) == rows[{"validation": "val"}.get(name, name)]
+        assert len(ExportTask(tmp_path, split=name)) == rows[{"validation": "val"}.get(name, name)]
+    # Two splits and none chosen: an error that says so (reading both put val rows into training
+    # and served positions 0.. twice).
+    for read in (lambda: MixtureDataset(tmp_path, tokenizer="byte"), lambda: ExportTask(tmp_path)):
+        with pytest.raises(FileNotFoundError, match="holds the splits train, val; pass split= to choose one"):
+            read()
+    with pytest.raises(FileNotFoundError, match="has no split 'test'; it holds train, val"):
+        MixtureDataset(tmp_path, split="test", tokenizer="byte")
+    # With an `all` export there too, no split means that one.
+    with Catalog(catalog, read_only=True) as cat:
+        everything = export_mixture(cat, "m", tmp_path)["exports"]["all"]["rows"]
+    assert len(MixtureDataset(tmp_path, tokenizer="byte")) == everything == len(ExportTask(tmp_path))
+
+
+def test_an_embedded_export_is_read_by_split_and_keeps_its_folder_to_itself(catalog, tmp_path):
+    from ocrcat.mix import MixtureDataset
+    from ocrcat.mix.embed import export_embedded
+    from ocrcat.mix.tasks import ExportTask
+
+    with Catalog(catalog) as cat:  # the sources with image files on disk (m's docbank rows have none)
+        create_mixture(cat, "real", [("charts", "source = 'chartqa'", 1), ("hand", "source = 'mathwriting'", 1)],
+                       replace=True)
+    with Catalog(catalog, read_only=True) as cat:
+        manifest = export_embedded(cat, "real", tmp_path / "e", split="train", shard_mb=1)
+        assert manifest["files"][0] == "real.train-00000.parquet"  # a shard's name is not <name>.<split>.parquet
+        ds = MixtureDataset(tmp_path / "e", split="train", tokenizer="byte")
+        assert len(ds) == manifest["rows"] and ds.embedded
+        assert len(MixtureDataset(tmp_path / "e", tokenizer="byte")) == manifest["rows"]  # the only split
+        # Another split, or a plain export, in the same folder would leave the first one's files unlisted.
+        with pytest.raises(MixtureError, match="holds the embedded export of split 'train'.*give split 'val' its own --out"):
+            export_embedded(cat, "real", tmp_path / "e", split="val")
+        with pytest.raises(MixtureError, match="holds an export with embedded images"):
+            export_mixture(cat, "real", tmp_path / "e", split="val")
+        export_mixture(cat, "real", tmp_path / "p", split="val")
+        with pytest.raises(MixtureError, match="holds a plain export"):
+            export_embedded(cat, "real", tmp_path / "p", split="val")
+        assert export_embedded(cat, "real", tmp_path / "e", split="train", shard_mb=1)["files"] == manifest["files"]
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["split"] == "train"
+    with pytest.raises(ValueError, match="carries its images.*read it with MixtureDataset"):
+        ExportTask(tmp_path / "e")

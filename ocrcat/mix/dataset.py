@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from ocrcat.mix.manifest import split_files
 from ocrcat.mix.tokenizer import LAYOUTS, TRANSCRIBE_PROMPT, Tokenizer, load_tokenizer
 from ocrcat.vision import VisionProcessor, get_mode
 
@@ -270,22 +271,12 @@ def _resolve(source: Path, split: str | None) -> tuple[list[Path], dict]:
     manifest_path = source if source.name == "manifest.json" else source / "manifest.json"
     if not manifest_path.is_file():
         raise FileNotFoundError(f"no export at {source}: expected {manifest_path} "
-                                "(write one with `ocrcat mix export`) or a .parquet file")
+                                "(write one with `ocrcat export NAME --out DIR`) or a .parquet file")
     manifest = json.loads(manifest_path.read_text())
-    files = []
-    for entry in manifest.get("files", []):
-        name = entry if isinstance(entry, str) else entry.get("path") or entry.get("file")
-        path = manifest_path.parent / name
-        if path.suffix != ".parquet":
-            continue  # a JSONL export is for other tools; this Dataset reads the Parquet one
-        file_split = entry.get("split") if isinstance(entry, dict) else None
-        file_split = file_split or path.name.rsplit(".", 2)[-2]  # <name>.<split|all>.parquet
-        if split is None or file_split == split:
-            files.append(path)
-    if not files:
-        have = ", ".join(str(e) for e in manifest.get("files", [])) or "none"
-        raise FileNotFoundError(f"the export at {manifest_path.parent} has no Parquet file"
-                                + (f" for split {split!r}" if split else "") + f" (files: {have})")
+    files = [manifest_path.parent / name for name in split_files(manifest, split, str(manifest_path.parent))]
+    if files[0].suffix != ".parquet":
+        raise ValueError(f"{files[0]} is a {files[0].suffix} export; MixtureDataset reads Parquet exports "
+                         "(export again with --format parquet, the default)")
     return files, manifest
 
 
@@ -299,12 +290,7 @@ def _resolve_url(url: str, split: str | None) -> tuple[list[str], dict]:
             manifest = json.loads(f.read())
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"no export at {url}: cannot read {url.rstrip('/')}/manifest.json ({exc})") from None
-    if split is not None and manifest.get("split") not in (split, None):
-        raise FileNotFoundError(f"the export at {url} holds split {manifest.get('split')!r}, not {split!r}")
-    files = [f"{base}/{name}" for name in manifest.get("files", []) if name.endswith(".parquet")]
-    if not files:
-        raise FileNotFoundError(f"the export at {url} lists no Parquet shard")
-    return files, manifest
+    return [f"{base}/{name}" for name in split_files(manifest, split, url)], manifest
 
 
 @functools.cache

@@ -85,6 +85,7 @@ def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split:
     check_split(catalog, definition, split)
     fs, root = open_destination(out)
     fs.create_dir(root, recursive=True)
+    _check_destination(fs, root, out, split or "all")
     stem = f"{name}.{split or 'all'}"
     # The plan's rows are bucketed on local disk (plan_rows) even when the shards go to S3.
     with plan_rows(catalog, definition, split, "", Path(tempfile.gettempdir())) as reader:
@@ -100,6 +101,21 @@ def _export_embedded(catalog: Catalog, name: str, out: str | os.PathLike, split:
     with fs.open_output_stream(f"{root}/manifest.json") as f:
         f.write((json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode())
     return manifest
+
+
+def _check_destination(fs, root: str, out, split: str) -> None:
+    """An embedded export is one split a folder: its manifest lists that split's shards only, so
+    writing another split (or over a plain export) there would leave the first one's files unlisted."""
+    try:
+        with fs.open_input_stream(f"{root}/manifest.json") as f:
+            old = json.loads(f.read())
+    except (OSError, ValueError):
+        return  # nothing there yet (or nothing readable, which this export replaces)
+    if not old.get("embedded_images"):
+        raise MixtureError(f"{out} holds a plain export; give the embedded export its own --out")
+    if old.get("split") != split:
+        raise MixtureError(f"{out} holds the embedded export of split {old.get('split')!r}; an embedded "
+                           f"export is one split a folder: give split {split!r} its own --out")
 
 
 def _write_shards(catalog: Catalog, reader: pa.RecordBatchReader, fs, root: str, stem: str, shard_mb: int,

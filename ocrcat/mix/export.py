@@ -165,6 +165,9 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
     if out.exists() and not out.is_dir():
         raise MixtureError(f"--out {out} is a file; give a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
+    if _read_json(out / "manifest.json").get("embedded_images"):
+        raise MixtureError(f"{out} holds an export with embedded images; give this export its own --out "
+                           "(one manifest lists one kind of export)")
     root = catalog.image_root if catalog.shared else catalog.dir.resolve()
     data = out / f"{name}.{split or 'all'}.{format}"
     tmp = data.with_name(f".{data.name}.tmp")
@@ -241,14 +244,19 @@ def missing_images(catalog: Catalog, definition: dict, split: str | None = None)
 def _earlier_exports(path: Path, manifest: dict) -> dict:
     """Other splits exported into the same folder from the same definition and catalog state:
     kept in the manifest, so that train and val can live side by side. Anything else is dropped."""
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    old = _read_json(path)
     same = ("mixture", "vision_mode", "catalog", "catalog_state", "snapshot", "relative_paths", "format", "columns")
     if any(old.get(k) != manifest[k] for k in same) or not isinstance(old.get("exports"), dict):
         return {}
     return {k: e for k, e in old["exports"].items() if (path.parent / e.get("file", "")).is_file()}
+
+
+def _read_json(path: Path) -> dict:
+    """A manifest already there, or {} where there is none (or it is unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _batches(reader: pa.RecordBatchReader):

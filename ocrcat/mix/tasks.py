@@ -25,10 +25,9 @@ import pyarrow.parquet as pq
 
 from ocrcat.catalog import Catalog, resolve_dir
 from ocrcat.catalog.sqltext import bind_json_arrows
+from ocrcat.mix.manifest import SPLIT_ALIASES, split_files
 from ocrcat.mix.mixtures import PLAN_ORDER, check_split, entries_sql, get_mixture
 from ocrcat.mix.tokenizer import TRANSCRIBE_PROMPT, vision_turns
-
-SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "eval": "val", "dev": "val", "test": "test"}
 
 
 class Task:
@@ -188,14 +187,11 @@ def _export_file(path: Path, split: str | None) -> tuple[Path, dict]:
         raise FileNotFoundError(f"no export at {path}: expected {manifest_path} or a .parquet/.jsonl file "
                                 "(write one with `ocrcat export NAME --out DIR`)")
     manifest = json.loads(manifest_path.read_text())
-    exports = manifest.get("exports", {})
-    key = SPLIT_ALIASES.get(split, split) if split else ("all" if "all" in exports else None)
-    if key is None and len(exports) == 1:
-        key = next(iter(exports))
-    if key not in exports:
-        raise FileNotFoundError(f"the export at {path} has {', '.join(exports) or 'no files'}; "
-                                "pass split= to choose one")
-    return path / exports[key]["file"], manifest
+    if manifest.get("embedded_images"):
+        raise ValueError(f"the export at {path} carries its images (--embed-images): read it with "
+                         "MixtureDataset; ExportTask reads plain exports (image paths)")
+    [name] = split_files(manifest, split, str(path))
+    return path / name, manifest
 
 
 class SourceTask(CatalogTask):
