@@ -14,7 +14,7 @@ import torch
 
 from ocrcat.catalog import Catalog
 from ocrcat.ingest.runner import ingest
-from ocrcat.mix import MixtureDataset, load_tokenizer
+from ocrcat.mix import MixtureDataset, VisionCollator, load_tokenizer
 from ocrcat.vision import VisionProcessor
 
 SOURCES = ("chartqa", "latex_formulas", "mathwriting")
@@ -143,6 +143,13 @@ def test_overflow_truncates_after_the_image_or_drops(export_dir):
     assert MixtureDataset(export_dir, max_len=limit, overflow="drop")[i] is None
     assert MixtureDataset(export_dir, max_len=tokens)[i] is None  # the image itself does not fit
     assert MixtureDataset(export_dir, max_len=n_ids)[i]["truncated"] is False
+    # At the edge: the collator's inputs are ids[:-1], so ids ending on the image's last token would
+    # hand the model one image token too few. Kept only from one id further on, with every token.
+    image_end = 1 + tokens  # bos, then the image
+    assert MixtureDataset(export_dir, max_len=image_end)[i] is None
+    edge = MixtureDataset(export_dir, max_len=image_end + 1)
+    batch = VisionCollator(edge.tokenizer)([edge[i]])
+    assert batch.truncated.tolist() == [True] and int(batch.images_seq_mask.sum()) == tokens
 
 
 def test_mode_mismatch_is_refused(export_dir):

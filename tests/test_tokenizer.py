@@ -79,6 +79,16 @@ def test_several_images_and_count_mismatch(tok):
         tok.render_vision_pretraining("a<image>b<image>c", "d", [2])
 
 
+def test_a_response_saying_image_is_text_in_both_layouts(tok):
+    # Only the row's text holds placeholders; a response (a label, an answer) is text whatever it says.
+    for layout in ("plain", "chat"):
+        ids, starts, _ = tok.render_vision("<image>\nWhat tag?", "an <image> tag", [3], layout=layout)
+        assert ids.count(tok.image_token_id) == 3 and len(starts) == 1, layout
+        assert tok.decode(ids[-1 - len(tok.encode("an <image> tag")):-1]) == "an <image> tag", layout
+    ids, _ = tok.render_vision_pretraining("<image>\nWhat tag?", "an <image> tag", [3])
+    assert ids[4:-1] == tok.encode("\nWhat tag?\nan <image> tag")  # one string, as before: same ids
+
+
 def test_special_literals_in_text_stay_plain_text(tok):
     ids, _ = tok.render_vision_pretraining("<image>\nsay <|assistant_end|> <|bos|>", None, [1])
     assert ids.count(tok.assistant_end_id) == 1 and ids.count(tok.bos_id) == 1

@@ -126,8 +126,10 @@ class VisionCollator:
     def __call__(self, items: list[dict | None]) -> Batch:
         kept = [it for it in items if it is not None]
         if not kept:
-            raise ValueError("every sample of this batch was dropped as over-long; raise max_len "
-                             "or use overflow='truncate'")
+            raise ValueError(f"every sample of this batch ({len(items)}) was dropped as longer than the "
+                             "Dataset's max_len (with overflow='drop', or because its image tokens alone "
+                             "reach max_len, which truncation cannot cut); raise max_len, or keep such "
+                             "rows out of the mixture (e.g. image_tokens < max_len in its predicates)")
         lengths = [len(it["ids"]) - 1 for it in kept]  # inputs are ids[:-1], targets ids[1:]
         T = max(lengths)
         T = -(-T // self.pad_to_multiple) * self.pad_to_multiple

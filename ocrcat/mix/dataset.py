@@ -200,8 +200,10 @@ class MixtureDataset(torch.utils.data.Dataset):
         truncated = False
         if self.max_len is not None and len(ids) > self.max_len:
             image_end = max((s + c for s, c in zip(starts, counts)), default=1)
-            if self.overflow == "drop" or image_end > self.max_len:
-                return None  # an image cannot be cut: the model needs every one of its tokens
+            # An image cannot be cut: the model needs every one of its tokens in the inputs, which
+            # are ids[:-1] (the collator's shift), so the span must end before the last kept id.
+            if self.overflow == "drop" or image_end >= self.max_len:
+                return None
             ids, answer, truncated = ids[: self.max_len], answer[: self.max_len], True
         t = self.processor.mode.tile_size
         base = self.processor.mode.base_size
@@ -231,16 +233,21 @@ class MixtureDataset(torch.utils.data.Dataset):
     def lengths(self) -> np.ndarray:
         """Estimated ids per row for length-aware batching, one row group at a time.
 
-        Image tokens come from the export (the catalog's count); text is counted in UTF-8 bytes, exact
-        for the byte tokenizer and an upper bound for a BPE one.
+        Image tokens come from the export (the catalog's count); text is counted in UTF-8 bytes: exact
+        for a vision row with the byte tokenizer, an upper bound for a BPE one and for a text row (its
+        `messages` JSON, syntax included; its `text`/`response` only repeat the conversation).
         """
         out = np.empty(self.n, dtype=np.int64)
         for g, start in enumerate(self.starts):
             f_i, rg = self.groups[g]
             t = self._file(f_i).read_row_group(rg, columns=["image_tokens", "text", "response", "messages", "image_path"])
             total = pc.add(pc.fill_null(t["image_tokens"], 0), 2)  # + bos + assistant_end
+            conversation = pc.is_valid(t["messages"])
             for col in ("text", "response", "messages"):
-                total = pc.add(total, pc.fill_null(pc.binary_length(t[col].cast(pa.string())), 0))
+                size = pc.fill_null(pc.binary_length(t[col].cast(pa.string())), 0)
+                if col != "messages":
+                    size = pc.if_else(conversation, 0, size)
+                total = pc.add(total, size)
             # "<image>" (7 bytes) becomes the image run; a response adds its joining "\n".
             total = pc.subtract(total, pc.multiply(pc.is_valid(t["image_path"]).cast(pa.int64()), 7))
             total = pc.add(total, pc.is_valid(t["response"]).cast(pa.int64()))

@@ -90,12 +90,15 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         raise NotImplementedError
 
-    def _extend_with_images(self, ids: list[int], text: str, counts: list[int], positions: list[int]) -> None:
-        """Append `text` with each placeholder replaced by its image's run of image ids (start noted)."""
+    def _extend_with_images(self, ids: list[int], text: str, counts: list[int], positions: list[int],
+                            tail: str = "") -> None:
+        """Append `text` with each placeholder replaced by its image's run of image ids (start noted),
+        then `tail`, which is text whatever it holds (encoded with text's last part, as one string)."""
         parts = text.split(IMAGE_PLACEHOLDER)
         if len(parts) - 1 != len(counts):
             raise ValueError(f"text has {len(parts) - 1} {IMAGE_PLACEHOLDER} placeholders but "
                              f"{len(counts)} images were given")
+        parts[-1] += tail
         for i, part in enumerate(parts):
             if i:
                 positions.append(len(ids))
@@ -109,8 +112,9 @@ class Tokenizer:
         """ids and the start index of each image's run of image-token ids (SPEC 5, plain layout)."""
         ids: list[int] = [self.bos_id]
         positions: list[int] = []
-        self._extend_with_images(ids, text if response is None else text + "\n" + response,
-                                 image_token_counts, positions)
+        # Only the text holds image placeholders: a response saying "<image>" is text (as in chat).
+        self._extend_with_images(ids, text, image_token_counts, positions,
+                                 tail="" if response is None else "\n" + response)
         ids.append(self.assistant_end_id)
         return ids, positions
 
