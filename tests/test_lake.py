@@ -128,6 +128,36 @@ def test_export_at_a_snapshot_is_byte_identical_after_later_ingests(sample_mirro
     assert missing.returncode == 2 and "has no snapshot 99999" in missing.stderr
 
 
+def test_rollback_past_a_replaced_split_whose_rows_share_a_file_with_another_run(sample_mirror_factory, tmp_path):
+    # Compaction merges runs' files: train's rows and val's (ingested after snapshot N) end up in one
+    # Parquet file. Then train is replaced (its rows deleted from that file) and N is restored, which
+    # deletes val's rows from the same file. DuckLake hides a file's rows deleted since N from a
+    # time-travel read in a transaction that deleted rows from the file, so a rollback that deleted
+    # first and read snapshot N second restored nothing: samples empty.
+    catalog_dir = tmp_path / "catalog"
+    root = sample_mirror_factory("chartqa", rows=120)
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=60)
+        before = cat.snapshot()
+    tables_before = every_table(catalog_dir)
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=root, splits=["val"])
+        compact(cat)
+        [[files]] = cat.con.execute(
+            "SELECT count(*) FROM __ducklake_metadata_lake.ducklake_data_file WHERE end_snapshot IS NULL "
+            "AND table_id = (SELECT table_id FROM __ducklake_metadata_lake.ducklake_table "
+            "                WHERE table_name = 'samples' AND end_snapshot IS NULL)").fetchall()
+    assert files == 1  # the case: both runs' rows in one file
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=10)
+    done = subprocess.run(OCRCAT + ["rollback", str(before), "--catalog", str(catalog_dir)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert every_table(catalog_dir) == tables_before
+    assert len(tables_before["samples"]) == 60
+    assert not [p for p in catalog_dir.iterdir() if p.name.startswith(".rollback-")]  # its scratch files went
+
+
 def test_rollback_restores_rows_images_mixtures_and_can_be_undone(sample_mirror_factory, tmp_path):
     catalog_dir = tmp_path / "catalog"
     root = sample_mirror_factory("chartqa", rows=120)

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+import tempfile
 
 from ocrcat.catalog.images import ImageKeys
 from ocrcat.catalog.schema import TABLES
+from ocrcat.catalog.sqltext import sql_string
 from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError, insert_rows, retry_lost_races
 
 METADATA = f"__ducklake_metadata_{LAKE}"  # DuckLake's own tables, in catalog.sqlite
@@ -96,27 +98,44 @@ def rollback(catalog: Catalog, snapshot: int) -> int:
         raise CatalogBusy(f"ingests are running ({', '.join(busy)}); roll back when they have ended")
 
     def restore(con):
-        # The small tables as they were, read before anything is deleted: inside a transaction that
-        # deleted rows, DuckLake hides them from a time-travel read of the same files as well, so
-        # "DELETE, then INSERT … AT (VERSION => N)" would put back only rows deleted since N.
-        then_rows = {table: con.execute(f"SELECT * FROM {table} AT (VERSION => {int(snapshot)})").to_arrow_table()
-                     for table in TABLES if table not in ("samples", "samples_pending")}
+        # Everything of snapshot N is read before anything is deleted: inside a transaction that
+        # deleted rows from a data file, DuckLake hides the file's rows deleted since N from a
+        # time-travel read as well (and compaction puts several runs' rows in one file), so
+        # "DELETE, then INSERT … AT (VERSION => N)" could put back nothing at all.
+        def then(table: str) -> str:
+            return f"(SELECT * FROM {table} AT (VERSION => {int(snapshot)}))"
+
+        then_rows = {table: con.execute(f"SELECT * FROM {then(table)}").to_arrow_table()
+                     for table in TABLES if table not in BIG_TABLES}
+        for table in BIG_TABLES:
+            # Only the difference moves (a sample's row is fixed by (sample_id, ingest_run)); it may be
+            # large, so it waits in Parquet files on disk rather than in memory.
+            con.execute(f"COPY (SELECT sample_id, ingest_run FROM {then(table)}) TO {_scratch(work, table, 'keys')}")
+            con.execute(f"""COPY (SELECT o.* FROM {then(table)} o WHERE NOT EXISTS (SELECT 1 FROM {table} s
+                                  WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run))
+                            TO {_scratch(work, table, 'back')}""")
         for table in TABLES:
-            if table in ("samples", "samples_pending"):
-                # Only the difference moves: a sample's row is fixed by (sample_id, ingest_run).
-                then = f"(SELECT * FROM {table} AT (VERSION => {int(snapshot)}))"
+            if table in BIG_TABLES:
                 con.execute(f"""DELETE FROM {table} s WHERE NOT EXISTS (
-                    SELECT 1 FROM {then} o WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run)""")
-                con.execute(f"""INSERT INTO {table} SELECT o.* FROM {then} o
-                    WHERE NOT EXISTS (SELECT 1 FROM {table} s
-                                      WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run)""")
+                    SELECT 1 FROM {_scratch(work, table, 'keys')} o
+                    WHERE o.sample_id = s.sample_id AND o.ingest_run = s.ingest_run)""")
+                con.execute(f"INSERT INTO {table} SELECT * FROM {_scratch(work, table, 'back')}")
             else:
                 con.execute(f"DELETE FROM {table}")
                 insert_rows(con, table, then_rows[table])
         _restore_views(con, snapshot, _metadata(catalog, "ducklake_view"))
         return catalog.next_snapshot()
 
-    return catalog.commit(restore, f"rollback to snapshot {snapshot}", kind="rollback", to=snapshot)
+    with tempfile.TemporaryDirectory(prefix=".rollback-", dir=catalog.dir) as work:
+        return catalog.commit(restore, f"rollback to snapshot {snapshot}", kind="rollback", to=snapshot)
+
+
+BIG_TABLES = ("samples", "samples_pending")
+
+
+def _scratch(folder: str, table: str, part: str) -> str:
+    """A Parquet file of a rollback's scratch folder, as a SQL string."""
+    return sql_string(f"{folder}/{table}.{part}.parquet")
 
 
 def _restore_views(con, snapshot: int, view_table: str) -> None:
