@@ -158,6 +158,23 @@ def test_rollback_past_a_replaced_split_whose_rows_share_a_file_with_another_run
     assert not [p for p in catalog_dir.iterdir() if p.name.startswith(".rollback-")]  # its scratch files went
 
 
+def test_expiring_snapshots_keeps_the_images_of_the_oldest_kept_one(sample_mirror_factory, tmp_path):
+    # The oldest kept snapshot holds rows inserted before it; the sweep counted only rows inserted
+    # since, so a rollback to that snapshot found its images deleted.
+    catalog_dir = tmp_path / "catalog"
+    root = sample_mirror_factory("chartqa", rows=120)
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=60)
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=10)  # drops 50 rows and their images
+        [started] = [h["snapshot"] for h in history(cat) if h["message"].endswith("run started")
+                     and h["snapshot"] > min(h["snapshot"] for h in history(cat) if "completed" in h["message"])]
+        assert cat.con.execute(f"SELECT count(*) FROM samples AT (VERSION => {started})").fetchone()[0] == 60
+        compact(cat, older_than_snapshot=started)  # every snapshot before it expires; it is kept
+        rollback(cat, started)
+        paths = [p for (p,) in cat.con.execute("SELECT image_path FROM samples").fetchall()]
+    assert len(paths) == 60 and set(paths) <= image_files(catalog_dir)
+
+
 def test_rollback_restores_rows_images_mixtures_and_can_be_undone(sample_mirror_factory, tmp_path):
     catalog_dir = tmp_path / "catalog"
     root = sample_mirror_factory("chartqa", rows=120)

@@ -171,16 +171,22 @@ def referenced_images(catalog: Catalog, source: str | None = None) -> ImageKeys:
     first, last = con.execute(f"SELECT min(snapshot_id), max(snapshot_id) FROM {LAKE}.snapshots()").fetchone()
     where = "image_path IS NOT NULL" + (" AND source = ?" if source else "")
     params = [source] if source else []
+    # The oldest kept snapshot that has the tables (the lake's first snapshots predate them).
+    [[created]] = con.execute(f"SELECT min(begin_snapshot) FROM {_metadata(catalog, 'ducklake_table')} "
+                              "WHERE table_name = 'samples'").fetchall()
+    oldest = f"AT (VERSION => {max(int(first), int(created))})"
     keys = con.execute(
         f"""WITH paths AS (
-                SELECT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples', ?, ?) WHERE {where}
+                SELECT image_path FROM samples {oldest} WHERE {where}
+                UNION ALL SELECT image_path FROM samples_pending {oldest} WHERE {where}
+                UNION ALL SELECT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples', ?, ?) WHERE {where}
                 UNION ALL SELECT image_path FROM ducklake_table_insertions('{LAKE}', 'main', 'samples_pending', ?, ?)
                 WHERE {where}
                 UNION ALL SELECT image_path FROM samples WHERE {where}
                 UNION ALL SELECT image_path FROM samples_pending WHERE {where})
             SELECT DISTINCT try_cast('0x' || left(parse_filename(image_path), 16) AS UBIGINT) AS key FROM paths
             WHERE key IS NOT NULL""",
-        [first, last] + params + [first, last] + params * 3,
+        params * 2 + [first, last] + params + [first, last] + params * 3,
     ).fetchnumpy()["key"]
     return ImageKeys(keys)
 
