@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 
 import pytest
@@ -207,6 +208,33 @@ def test_bad_definitions_are_refused(ten, kwargs, message):
     with pytest.raises(MixtureError, match=message):
         create_mixture(ten, **args)
     assert list_mixtures(ten) == []
+
+
+@pytest.mark.parametrize(
+    ("predicate", "message"),
+    [
+        ("source = 'chartqa' AND random() < 0.5", "calls random(), which DuckDB marks volatile"),
+        ("source = 'chartqa' AND RANDOM() < 0.5", "calls random()"),
+        ("sample_id IN (SELECT sample_id FROM samples ORDER BY random() LIMIT 5)", "calls random()"),
+        ("source = 'chartqa' AND uuid() IS NOT NULL", "calls uuid()"),
+        ("source = 'chartqa' AND now() > TIMESTAMP '2000-01-01'", "calls now(), which DuckDB marks consistent"),
+        ("source = 'chartqa' AND current_timestamp > TIMESTAMP '2000-01-01'", "calls current_timestamp(), which reads"),
+        ("sample_id IN (SELECT sample_id FROM samples USING SAMPLE 50%)", "USING SAMPLE"),
+    ],
+)
+def test_predicates_whose_rows_change_between_reads_are_refused(ten, predicate, message):
+    """SPEC 4: the plan is a pure function of (seed, rows, definition), never random()."""
+    with pytest.raises(MixtureError, match=re.escape(message)):
+        create_mixture(ten, "rnd", [("a", predicate, 1)])
+    with pytest.raises(MixtureError, match="the plan must be the same on every read"):
+        create_mixture(ten, "rnd", [("a", "source = 'docbank'", 1)], text_share=0.1, text_predicate=predicate)
+    assert list_mixtures(ten) == []
+
+
+def test_pure_predicates_that_only_look_volatile_are_accepted(ten):
+    create_mixture(ten, "ok", [("a", "source = 'chartqa' AND text <> 'random() now()' -- uuid()", 1),
+                               ("b", "source = 'docbank' AND abs(hash(sample_id)) % 2 = 0", 1)])
+    assert [m["name"] for m in list_mixtures(ten)] == ["ok"]
 
 
 def test_create_refuses_an_existing_name_unless_replace(ten):

@@ -23,6 +23,7 @@ with `position`, `component`, `repeat` and the sample's columns.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 try:
@@ -119,9 +120,11 @@ def normalise(name: str, components, text_share: float = 0.0, seed: int = 0,
 
 def _predicate_rows(con: duckdb.DuckDBPyConnection, predicate: str, where: str) -> int:
     """Rows of `samples` a predicate matches. It must parse as one SQL expression on its own, so
-    that it cannot close the WHERE clause it is pasted into (no `) UNION …`, no `; DROP …`)."""
+    that it cannot close the WHERE clause it is pasted into (no `) UNION …`, no `; DROP …`), and
+    select the same rows on every read (`_check_pure`)."""
     try:
         duckdb.SQLExpression(bind_json_arrows(predicate))
+        _check_pure(con, predicate, where)
         return con.execute(f"SELECT count(*) FROM samples WHERE ({bind_json_arrows(predicate)}\n)").fetchone()[0]
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
@@ -129,6 +132,64 @@ def _predicate_rows(con: duckdb.DuckDBPyConnection, predicate: str, where: str) 
             f"{where}: predicate {predicate!r} is not a valid filter over samples ({first}); "
             "give one SQL expression, e.g. \"source = 'chartqa'\"; columns: `ocrcat sql \"DESCRIBE samples\"`"
         ) from None
+
+
+# DuckDB binds these keywords, written without parentheses, to clock functions (the parser sees a
+# column reference), and marks the local-time ones CONSISTENT; so they are named here.
+_CLOCK = {"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp",
+          "current_localtime", "current_localtimestamp"}
+
+
+def _check_pure(con: duckdb.DuckDBPyConnection, predicate: str, where: str) -> None:
+    """Refuse a predicate whose rows can change between two reads of the same catalog: one that
+    calls a function DuckDB marks VOLATILE (random(), uuid()) or CONSISTENT_WITHIN_QUERY (now()),
+    reads the clock, or samples (USING SAMPLE). The plan is a pure function of (seed, rows,
+    definition) (SPEC 4); such a predicate would make it change on every read.
+
+    The calls come from DuckDB's own parse tree (`json_serialize_sql`), so strings, comments,
+    casing and subqueries are seen as DuckDB sees them; their stability from `duckdb_functions()`.
+    """
+    sql = f"SELECT * FROM samples WHERE ({bind_json_arrows(predicate)}\n)"
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    calls, names, samples = set(), set(), []
+    _walk(tree, calls, names, samples)
+    unstable = dict(con.execute(
+        "SELECT function_name, max(stability) FROM duckdb_functions() "
+        "WHERE function_name IN (SELECT unnest(?)) AND stability IN ('VOLATILE', 'CONSISTENT_WITHIN_QUERY') "
+        "GROUP BY 1 ORDER BY 1", [sorted(calls)]).fetchall())
+    clock = sorted((calls | names) & _CLOCK)
+    if unstable or clock:
+        name = next(iter(unstable), None) or clock[0]
+        why = {"VOLATILE": "DuckDB marks volatile (a new value on every call)",
+               "CONSISTENT_WITHIN_QUERY": "DuckDB marks consistent within one query only (it changes between reads)",
+               }.get(unstable.get(name), "reads the clock")
+        raise MixtureError(
+            f"{where}: predicate {predicate!r} calls {name}(), which {why}: the plan must be the same on every "
+            "read (a pure function of seed, rows and definition); filter on the rows' columns, and take a "
+            "seeded fraction of them with a weight below 1 (e.g. :0.5) instead"
+        )
+    if samples:
+        raise MixtureError(
+            f"{where}: predicate {predicate!r} uses USING SAMPLE/TABLESAMPLE, whose rows differ from one read to "
+            "the next: the plan must be the same on every read; take a seeded fraction with a weight below 1 "
+            "(e.g. :0.5) instead"
+        )
+
+
+def _walk(node: object, calls: set[str], names: set[str], samples: list) -> None:
+    """Collect from a `json_serialize_sql` tree: function names called, one-part column names, samples."""
+    if isinstance(node, dict):
+        if "function_name" in node:  # scalar, aggregate, window and table functions alike
+            calls.add(node["function_name"].lower())
+        if node.get("class") == "COLUMN_REF" and len(node["column_names"]) == 1:
+            names.add(node["column_names"][0].lower())
+        if node.get("sample"):
+            samples.append(node["sample"])
+        for value in node.values():
+            _walk(value, calls, names, samples)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, calls, names, samples)
 
 
 def validate(catalog: Catalog, definition: dict) -> dict[str, int]:
