@@ -11,6 +11,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -573,6 +574,17 @@ mix_app = typer.Typer(
 app.add_typer(mix_app, name="mix")
 
 
+@contextmanager
+def mixture_warnings() -> Iterator[None]:
+    """Print the warnings a mixture call raises (a component that gets no positions, …) on stderr,
+    one line each, as the CLI's other warnings, instead of Python's file:line form."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        warning(str(w.message))
+
+
 def _parse_component(spec: str) -> dict:
     """NAME=PREDICATE:WEIGHT; the weight follows the last colon, and is 1 when that is no number."""
     name, eq, rest = spec.partition("=")
@@ -633,6 +645,8 @@ def mix_show(
     for c in d["components"]:  # predicates below the table: long SQL would squeeze the numbers
         console.print(f"  {c['name']:{width}}  {visible(c['predicate'])}")
     console.print(f"{d['total']} plan positions; query them as the view {d['view']}")
+    for message in d["warnings"]:
+        warning(message)
 
 
 @mix_app.command("create")
@@ -652,7 +666,7 @@ def mix_create(
     """
     from ocrcat.mix.mixtures import create_mixture
 
-    with user_errors(), Catalog(catalog, create=False) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat, mixture_warnings():
         create_mixture(cat, name, [_parse_component(c) for c in component], text_share, seed, text_predicate, replace)
     console.print(f"created mixture {name}: ocrcat mix show {name}, or SELECT … FROM mix_{name}")
 
@@ -673,7 +687,7 @@ def mix_load(
     if (file is None) == (not preset):
         error("give a TOML file or --preset (not both)")
         raise typer.Exit(2)
-    with user_errors(), Catalog(catalog, create=False) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat, mixture_warnings():
         loaded = load_toml(cat, file, only)
     console.print(f"loaded {', '.join(d['name'] for d in loaded)}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections import Counter
 
 import pytest
@@ -16,6 +17,7 @@ from ocrcat.cli import app
 from ocrcat.ingest.runner import ingest
 from ocrcat.mix.mixtures import (
     MixtureError,
+    MixtureWarning,
     create_mixture,
     describe_mixture,
     drop_mixture,
@@ -198,6 +200,9 @@ def test_bad_predicates_are_refused_before_anything_is_written(ten, predicate, m
         ({"components": [("a", "true", 1), ("a", "true", 2)]}, "twice"),
         ({"components": [("a", "true", 0)]}, "weight must be a number > 0"),
         ({"components": [("a", "true", -1)]}, "weight must be a number > 0"),
+        ({"components": [("a", "true", 1e20)]}, "at most 1000000"),
+        ({"components": [("a", "true", 1e6 + 1)]}, "at most 1000000"),
+        ({"components": [("a", "true", math.inf)]}, "weight must be a number > 0"),
         ({"text_share": 1.0}, "fraction"),
         ({"text_share": 0.2, "text_predicate": "source = 'chartqa' AND kind = 'text'"}, "no text rows"),
         ({"components": [("text", "true", 1)], "text_share": 0.1}, "reserved"),
@@ -235,6 +240,38 @@ def test_pure_predicates_that_only_look_volatile_are_accepted(ten):
     create_mixture(ten, "ok", [("a", "source = 'chartqa' AND text <> 'random() now()' -- uuid()", 1),
                                ("b", "source = 'docbank' AND abs(hash(sample_id)) % 2 = 0", 1)])
     assert [m["name"] for m in list_mixtures(ten)] == ["ok"]
+
+
+def test_a_weight_too_large_for_the_plan_is_refused_in_a_file_and_on_the_command_line(ten, tmp_path):
+    """1e20 was stored, then every read of the plan failed with an INT128 -> INT64 conversion error."""
+    path = tmp_path / "mix.toml"
+    path.write_text('[huge.components]\ncharts = { predicate = "source = \'chartqa\'", weight = 1e20 }\n')
+    with pytest.raises(MixtureError, match="at most 1000000"):
+        load_toml(ten, path)
+    ten.close()
+    out = CliRunner().invoke(app, ["mix", "create", "w1", "-C", "a=source = 'chartqa':1e20", "--catalog", str(ten.dir)])
+    assert out.exit_code == 2 and out.stderr.startswith("error: component 'a' of w1: weight must be") \
+        and out.stderr.count("\n") == 1, out.output
+
+
+def test_a_component_that_gets_no_positions_is_a_warning(ten):
+    comps = [("tiny", "source = 'chartqa'", 0.001), ("docs", "source = 'docbank'", 1)]
+    with pytest.warns(MixtureWarning, match=r"component tiny of w2 gets no positions now: weight 0.001 × 29 "
+                                            r"matching rows is less than half a row; give it a weight of at least 0.0345"):
+        create_mixture(ten, "w2", comps)
+    described = describe_mixture(ten, "w2")
+    assert [c["realised"] for c in described["components"]] == [0, 23]
+    assert len(described["warnings"]) == 1 and "tiny" in described["warnings"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the weight the warning suggests gives one position
+        create_mixture(ten, "w3", [("few", "source = 'chartqa'", 1 / 29)])
+    assert describe_mixture(ten, "w3")["components"][0]["realised"] == 1
+    ten.close()
+    runner = CliRunner()
+    out = runner.invoke(app, ["mix", "create", "w4", "-C", "a=source = 'chartqa':0.001", "--catalog", str(ten.dir)])
+    assert out.exit_code == 0 and out.stderr.startswith("warning: component a of w4 gets no positions"), out.output
+    out = runner.invoke(app, ["mix", "show", "w4", "--catalog", str(ten.dir)])
+    assert out.exit_code == 0 and "warning: component a of w4 gets no positions" in out.stderr, out.output
 
 
 def test_create_refuses_an_existing_name_unless_replace(ten):

@@ -26,6 +26,7 @@ import hashlib
 import json
 import math
 import re
+import warnings
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -42,11 +43,18 @@ TEXT_COMPONENT = "text"  # the component name of the rows drawn for the text sha
 DEFAULT_TEXT_PREDICATE = "kind = 'text'"
 PLAN_ORDER = "key, component, repeat, sample_id"
 SPLITS = ("train", "val", "test")
+# A row at most a million times: larger weights only overflow the plan's integer counts (and no
+# mixture needs them: 1e6 × one row is already a million positions).
+MAX_WEIGHT = 1e6
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 class MixtureError(ValueError):
     """A mixture definition or request the user has to fix; the message says what."""
+
+
+class MixtureWarning(UserWarning):
+    """A stored mixture that works but does not give what its definition seems to ask for."""
 
 
 # --- the deterministic key -------------------------------------------------------------------
@@ -93,8 +101,10 @@ def normalise(name: str, components, text_share: float = 0.0, seed: int = 0,
         if not isinstance(predicate, str) or not predicate.strip():
             raise MixtureError(f"component {cname!r} of {name} needs a predicate, e.g. \"source = 'chartqa'\"")
         weight = comp.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise MixtureError(f"component {cname!r} of {name}: weight must be a number > 0, not {weight!r}")
+        if (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight)
+                or not 0 < weight <= MAX_WEIGHT):
+            raise MixtureError(f"component {cname!r} of {name}: weight must be a number > 0 and at most "
+                               f"{MAX_WEIGHT:.0f} (each row a million times), not {weight!r}")
         comps.append({"name": cname, "predicate": predicate.strip(), "weight": float(weight)})
     if not comps:
         raise MixtureError(f"mixture {name} has no components; give at least one NAME=PREDICATE:WEIGHT")
@@ -362,8 +372,9 @@ def create_mixture(catalog: Catalog, name: str, components, text_share: float = 
     >>> create_mixture(cat, "charts", [("chartqa", "source = 'chartqa'", 1.5)], seed=7)
     """
     definition = normalise(name, components, text_share, seed, text_predicate)
-    validate(catalog, definition)
+    rows = validate(catalog, definition)
     _store(catalog, [definition], replace)
+    _warn(definition, rows)
     return definition
 
 
@@ -412,9 +423,10 @@ def load_toml(catalog: Catalog, path_or_preset: str | Path | None = None, names:
             raise MixtureError(f"no mixture {', '.join(sorted(missing))} in the file; it has "
                                + ", ".join(d["name"] for d in definitions))
         definitions = [d for d in definitions if d["name"] in names]
-    for d in definitions:
-        validate(catalog, d)
+    rows = [validate(catalog, d) for d in definitions]
     _store(catalog, definitions, replace=True)
+    for d, r in zip(definitions, rows):
+        _warn(d, r)
     return definitions
 
 
@@ -470,6 +482,25 @@ def promised_counts(definition: dict, rows: dict[str, int]) -> dict[str, int]:
     return counts
 
 
+def plan_warnings(definition: dict, rows: dict[str, int]) -> list[str]:
+    """What a valid definition gives that its user probably did not mean: a component whose weight
+    rounds to no positions at all."""
+    promised = promised_counts(definition, rows)
+    out = []
+    for c in definition["components"]:
+        n = rows[c["name"]]
+        if n and not promised[c["name"]]:
+            out.append(f"component {c['name']} of {definition['name']} gets no positions now: weight {c['weight']:g} × "
+                       f"{n} matching rows is less than half a row; give it a weight of at least {1 / n:.3g} "
+                       "(one row) or drop it")
+    return out
+
+
+def _warn(definition: dict, rows: dict[str, int]) -> None:
+    for message in plan_warnings(definition, rows):
+        warnings.warn(message, MixtureWarning, stacklevel=3)
+
+
 def describe_mixture(catalog: Catalog, name: str, split: str | None = None) -> dict:
     """A mixture's definition with, per component: rows matched, plan entries promised by the
     weights and realised by the plan, and intended against realised share of the plan.
@@ -495,4 +526,5 @@ def describe_mixture(catalog: Catalog, name: str, split: str | None = None) -> d
             "promised": promised[n], "realised": realised.get(n, 0),
             "intended_share": intended, "realised_share": realised.get(n, 0) / total if total else 0.0,
         })
-    return definition | {"view": view_name(name), "split": split, "total": total, "components": out}
+    return definition | {"view": view_name(name), "split": split, "total": total, "components": out,
+                         "warnings": plan_warnings(definition, rows)}
