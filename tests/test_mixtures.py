@@ -82,6 +82,52 @@ def test_weights_and_text_share_keep_their_promise(ten):
     assert text_row["intended_share"] == 0.1 and abs(text_row["realised_share"] - 0.1) < 1 / len(rows)
 
 
+def text_positions(cat: Catalog, name: str) -> tuple[int, int]:
+    return cat.con.execute(f"SELECT count(*) FILTER (WHERE kind = 'text'), count(*) FROM mix_{name}").fetchone()
+
+
+def test_text_share_counts_the_text_rows_components_bring(ten):
+    """A component over every train row also takes the train text rows: the share draws only the rest
+    (it drew 0.2/0.8 of all other entries, and text was 33 % of the plan, shown as 20 %)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_mixture(ten, "share", [("everything", "split = 'train'", 1)], text_share=0.2)
+    text, total = text_positions(ten, "share")
+    assert abs(text - 0.2 * total) <= 0.5
+    brought = ten.con.execute("SELECT count(*) FROM samples WHERE split = 'train' AND kind = 'text'").fetchone()[0]
+    described = describe_mixture(ten, "share")
+    everything, drawn = described["components"]
+    assert everything["text_rows"] == brought and drawn["realised"] == text - brought == drawn["promised"] > 0
+    assert drawn["realised_share"] == text / total and drawn["intended_share"] == 0.2
+    assert abs(everything["realised_share"] - everything["intended_share"]) <= 1 / total
+    assert described["warnings"] == []
+    # A fractional weight over text rows: which of them it brings is the seeded draw, counted from the plan.
+    create_mixture(ten, "frac", [("c", "source = 'chartqa'", 1), ("t", "source = 'smoltalk'", 0.3)], text_share=0.4)
+    text, total = text_positions(ten, "frac")
+    assert abs(text - 0.4 * total) <= 0.5
+    assert {c["name"]: c["realised"] for c in describe_mixture(ten, "frac")["components"]} == {
+        "c": 29, "t": 11, "text": math.floor(0.4 / 0.6 * 40 - 11 / 0.6 + 0.5)}
+    # --split: counted within the split
+    train = describe_mixture(ten, "share", split="train")
+    assert all(c["realised"] == c["promised"] for c in train["components"])
+
+
+def test_components_with_more_text_than_the_share_draw_none_and_say_so(ten):
+    comps = [("charts", "source = 'chartqa'", 1), ("talk", "source = 'smoltalk'", 1)]
+    with pytest.warns(MixtureWarning, match=r"component\(s\) talk of over alone bring 37 text rows \(kind = 'text'\), "
+                                            r"56.06% of their positions, more than the text share of 20.00%"):
+        create_mixture(ten, "over", comps, text_share=0.2)
+    assert text_positions(ten, "over") == (37, 66)
+    described = describe_mixture(ten, "over")
+    drawn = described["components"][-1]
+    assert (drawn["promised"], drawn["realised"]) == (0, 0) and drawn["realised_share"] == 37 / 66
+    assert [c["intended_share"] for c in described["components"]] == [29 / 66, 37 / 66, 0.2]
+    assert len(described["warnings"]) == 1
+    ten.close()
+    out = CliRunner().invoke(app, ["mix", "show", "over", "--catalog", str(ten.dir)])
+    assert out.exit_code == 0 and "56.06%" in out.stdout and "warning: component(s) talk of over" in out.stderr, out.output
+
+
 def test_text_share_cycles_through_text_rows_when_they_run_out(ten):
     create_mixture(ten, "talky", [("docs", "source = 'docbank'", 4)], text_share=0.75, seed=1)
     text = Counter(sid for _, c, _, sid in plan(ten, "talky") if c == "text")
