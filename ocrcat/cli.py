@@ -26,7 +26,6 @@ from rich.text import Text
 from ocrcat import vision
 from ocrcat.catalog import Catalog, CatalogError
 from ocrcat.catalog.store import interrupted
-from ocrcat.catalog.sqltext import bind_json_arrows
 from ocrcat.inspection.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
 from ocrcat.ingest.base import MirrorError
@@ -376,23 +375,21 @@ def sql(
 ) -> None:
     """Run SQL against the catalog. Without --write it cannot change anything anywhere.
 
-    Without --write: queries only (SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE); the
+    Without --write: one query (SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE); the
     catalog opened read-only; no file read except the catalog and the paths given with --allow;
     no file written (COPY TO, EXPORT), no ATTACH, INSTALL, LOAD or SET. Anything else is refused
-    with exit status 2 before it runs. With --write any statement runs, with your rights.
+    with exit status 2 before it runs. With --write any statements run, with your rights; of
+    several, only the last may be a query (only its result is printed).
 
     Example: ocrcat sql "SELECT count(*) FROM 'exports/stage2/*.parquet'" --allow exports/stage2
     """
-    from ocrcat.inspection.query import QueryResult, read_only_query
+    from ocrcat.inspection.query import read_only_query, write_query
 
     with user_errors():
         if write:
             if allow:
                 raise ValueError("--allow is for queries without --write (with --write every file is reachable)")
-            with Catalog(catalog, create=False) as cat:
-                result = cat.con.execute(bind_json_arrows(query))  # None for an empty query
-                columns = [d[0] for d in result.description] if result is not None and result.description else []
-                answer = QueryResult(columns, result.fetchall() if columns else [])
+            answer = write_query(catalog, query)
         else:
             answer = read_only_query(catalog, query, allow or [])
     columns, rows = answer.columns, answer.rows
