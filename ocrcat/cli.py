@@ -11,6 +11,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Iterator, Optional
@@ -25,7 +26,6 @@ from rich.text import Text
 from ocrcat import vision
 from ocrcat.catalog import Catalog, CatalogError
 from ocrcat.catalog.store import interrupted
-from ocrcat.catalog.sqltext import bind_json_arrows
 from ocrcat.inspection.stats import catalog_stats
 from ocrcat.ingest import mirror, registry
 from ocrcat.ingest.base import MirrorError
@@ -375,23 +375,21 @@ def sql(
 ) -> None:
     """Run SQL against the catalog. Without --write it cannot change anything anywhere.
 
-    Without --write: queries only (SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE); the
+    Without --write: one query (SELECT, FROM, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE); the
     catalog opened read-only; no file read except the catalog and the paths given with --allow;
     no file written (COPY TO, EXPORT), no ATTACH, INSTALL, LOAD or SET. Anything else is refused
-    with exit status 2 before it runs. With --write any statement runs, with your rights.
+    with exit status 2 before it runs. With --write any statements run, with your rights; of
+    several, only the last may be a query (only its result is printed).
 
     Example: ocrcat sql "SELECT count(*) FROM 'exports/stage2/*.parquet'" --allow exports/stage2
     """
-    from ocrcat.inspection.query import QueryResult, read_only_query
+    from ocrcat.inspection.query import read_only_query, write_query
 
     with user_errors():
         if write:
             if allow:
                 raise ValueError("--allow is for queries without --write (with --write every file is reachable)")
-            with Catalog(catalog, create=False) as cat:
-                result = cat.con.execute(bind_json_arrows(query))  # None for an empty query
-                columns = [d[0] for d in result.description] if result is not None and result.description else []
-                answer = QueryResult(columns, result.fetchall() if columns else [])
+            answer = write_query(catalog, query)
         else:
             answer = read_only_query(catalog, query, allow or [])
     columns, rows = answer.columns, answer.rows
@@ -573,6 +571,17 @@ mix_app = typer.Typer(
 app.add_typer(mix_app, name="mix")
 
 
+@contextmanager
+def mixture_warnings() -> Iterator[None]:
+    """Print the warnings a mixture call raises (a component that gets no positions, …) on stderr,
+    one line each, as the CLI's other warnings, instead of Python's file:line form."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        warning(str(w.message))
+
+
 def _parse_component(spec: str) -> dict:
     """NAME=PREDICATE:WEIGHT; the weight follows the last colon, and is 1 when that is no number."""
     name, eq, rest = spec.partition("=")
@@ -633,6 +642,8 @@ def mix_show(
     for c in d["components"]:  # predicates below the table: long SQL would squeeze the numbers
         console.print(f"  {c['name']:{width}}  {visible(c['predicate'])}")
     console.print(f"{d['total']} plan positions; query them as the view {d['view']}")
+    for message in d["warnings"]:
+        warning(message)
 
 
 @mix_app.command("create")
@@ -652,7 +663,7 @@ def mix_create(
     """
     from ocrcat.mix.mixtures import create_mixture
 
-    with user_errors(), Catalog(catalog, create=False) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat, mixture_warnings():
         create_mixture(cat, name, [_parse_component(c) for c in component], text_share, seed, text_predicate, replace)
     console.print(f"created mixture {name}: ocrcat mix show {name}, or SELECT … FROM mix_{name}")
 
@@ -673,7 +684,7 @@ def mix_load(
     if (file is None) == (not preset):
         error("give a TOML file or --preset (not both)")
         raise typer.Exit(2)
-    with user_errors(), Catalog(catalog, create=False) as cat:
+    with user_errors(), Catalog(catalog, create=False) as cat, mixture_warnings():
         loaded = load_toml(cat, file, only)
     console.print(f"loaded {', '.join(d['name'] for d in loaded)}")
 

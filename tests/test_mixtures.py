@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from collections import Counter
 
 import pytest
@@ -15,6 +17,7 @@ from ocrcat.cli import app
 from ocrcat.ingest.runner import ingest
 from ocrcat.mix.mixtures import (
     MixtureError,
+    MixtureWarning,
     create_mixture,
     describe_mixture,
     drop_mixture,
@@ -77,6 +80,52 @@ def test_weights_and_text_share_keep_their_promise(ten):
     assert described["total"] == len(rows)
     text_row = next(c for c in described["components"] if c["name"] == "text")
     assert text_row["intended_share"] == 0.1 and abs(text_row["realised_share"] - 0.1) < 1 / len(rows)
+
+
+def text_positions(cat: Catalog, name: str) -> tuple[int, int]:
+    return cat.con.execute(f"SELECT count(*) FILTER (WHERE kind = 'text'), count(*) FROM mix_{name}").fetchone()
+
+
+def test_text_share_counts_the_text_rows_components_bring(ten):
+    """A component over every train row also takes the train text rows: the share draws only the rest
+    (it drew 0.2/0.8 of all other entries, and text was 33 % of the plan, shown as 20 %)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        create_mixture(ten, "share", [("everything", "split = 'train'", 1)], text_share=0.2)
+    text, total = text_positions(ten, "share")
+    assert abs(text - 0.2 * total) <= 0.5
+    brought = ten.con.execute("SELECT count(*) FROM samples WHERE split = 'train' AND kind = 'text'").fetchone()[0]
+    described = describe_mixture(ten, "share")
+    everything, drawn = described["components"]
+    assert everything["text_rows"] == brought and drawn["realised"] == text - brought == drawn["promised"] > 0
+    assert drawn["realised_share"] == text / total and drawn["intended_share"] == 0.2
+    assert abs(everything["realised_share"] - everything["intended_share"]) <= 1 / total
+    assert described["warnings"] == []
+    # A fractional weight over text rows: which of them it brings is the seeded draw, counted from the plan.
+    create_mixture(ten, "frac", [("c", "source = 'chartqa'", 1), ("t", "source = 'smoltalk'", 0.3)], text_share=0.4)
+    text, total = text_positions(ten, "frac")
+    assert abs(text - 0.4 * total) <= 0.5
+    assert {c["name"]: c["realised"] for c in describe_mixture(ten, "frac")["components"]} == {
+        "c": 29, "t": 11, "text": math.floor(0.4 / 0.6 * 40 - 11 / 0.6 + 0.5)}
+    # --split: counted within the split
+    train = describe_mixture(ten, "share", split="train")
+    assert all(c["realised"] == c["promised"] for c in train["components"])
+
+
+def test_components_with_more_text_than_the_share_draw_none_and_say_so(ten):
+    comps = [("charts", "source = 'chartqa'", 1), ("talk", "source = 'smoltalk'", 1)]
+    with pytest.warns(MixtureWarning, match=r"component\(s\) talk of over alone bring 37 text rows \(kind = 'text'\), "
+                                            r"56.06% of their positions, more than the text share of 20.00%"):
+        create_mixture(ten, "over", comps, text_share=0.2)
+    assert text_positions(ten, "over") == (37, 66)
+    described = describe_mixture(ten, "over")
+    drawn = described["components"][-1]
+    assert (drawn["promised"], drawn["realised"]) == (0, 0) and drawn["realised_share"] == 37 / 66
+    assert [c["intended_share"] for c in described["components"]] == [29 / 66, 37 / 66, 0.2]
+    assert len(described["warnings"]) == 1
+    ten.close()
+    out = CliRunner().invoke(app, ["mix", "show", "over", "--catalog", str(ten.dir)])
+    assert out.exit_code == 0 and "56.06%" in out.stdout and "warning: component(s) talk of over" in out.stderr, out.output
 
 
 def test_text_share_cycles_through_text_rows_when_they_run_out(ten):
@@ -197,6 +246,9 @@ def test_bad_predicates_are_refused_before_anything_is_written(ten, predicate, m
         ({"components": [("a", "true", 1), ("a", "true", 2)]}, "twice"),
         ({"components": [("a", "true", 0)]}, "weight must be a number > 0"),
         ({"components": [("a", "true", -1)]}, "weight must be a number > 0"),
+        ({"components": [("a", "true", 1e20)]}, "at most 1000000"),
+        ({"components": [("a", "true", 1e6 + 1)]}, "at most 1000000"),
+        ({"components": [("a", "true", math.inf)]}, "weight must be a number > 0"),
         ({"text_share": 1.0}, "fraction"),
         ({"text_share": 0.2, "text_predicate": "source = 'chartqa' AND kind = 'text'"}, "no text rows"),
         ({"components": [("text", "true", 1)], "text_share": 0.1}, "reserved"),
@@ -207,6 +259,65 @@ def test_bad_definitions_are_refused(ten, kwargs, message):
     with pytest.raises(MixtureError, match=message):
         create_mixture(ten, **args)
     assert list_mixtures(ten) == []
+
+
+@pytest.mark.parametrize(
+    ("predicate", "message"),
+    [
+        ("source = 'chartqa' AND random() < 0.5", "calls random(), which DuckDB marks volatile"),
+        ("source = 'chartqa' AND RANDOM() < 0.5", "calls random()"),
+        ("sample_id IN (SELECT sample_id FROM samples ORDER BY random() LIMIT 5)", "calls random()"),
+        ("source = 'chartqa' AND uuid() IS NOT NULL", "calls uuid()"),
+        ("source = 'chartqa' AND now() > TIMESTAMP '2000-01-01'", "calls now(), which DuckDB marks consistent"),
+        ("source = 'chartqa' AND current_timestamp > TIMESTAMP '2000-01-01'", "calls current_timestamp(), which reads"),
+        ("sample_id IN (SELECT sample_id FROM samples USING SAMPLE 50%)", "USING SAMPLE"),
+    ],
+)
+def test_predicates_whose_rows_change_between_reads_are_refused(ten, predicate, message):
+    """SPEC 4: the plan is a pure function of (seed, rows, definition), never random()."""
+    with pytest.raises(MixtureError, match=re.escape(message)):
+        create_mixture(ten, "rnd", [("a", predicate, 1)])
+    with pytest.raises(MixtureError, match="the plan must be the same on every read"):
+        create_mixture(ten, "rnd", [("a", "source = 'docbank'", 1)], text_share=0.1, text_predicate=predicate)
+    assert list_mixtures(ten) == []
+
+
+def test_pure_predicates_that_only_look_volatile_are_accepted(ten):
+    create_mixture(ten, "ok", [("a", "source = 'chartqa' AND text <> 'random() now()' -- uuid()", 1),
+                               ("b", "source = 'docbank' AND abs(hash(sample_id)) % 2 = 0", 1)])
+    assert [m["name"] for m in list_mixtures(ten)] == ["ok"]
+
+
+def test_a_weight_too_large_for_the_plan_is_refused_in_a_file_and_on_the_command_line(ten, tmp_path):
+    """1e20 was stored, then every read of the plan failed with an INT128 -> INT64 conversion error."""
+    path = tmp_path / "mix.toml"
+    path.write_text('[huge.components]\ncharts = { predicate = "source = \'chartqa\'", weight = 1e20 }\n')
+    with pytest.raises(MixtureError, match="at most 1000000"):
+        load_toml(ten, path)
+    ten.close()
+    out = CliRunner().invoke(app, ["mix", "create", "w1", "-C", "a=source = 'chartqa':1e20", "--catalog", str(ten.dir)])
+    assert out.exit_code == 2 and out.stderr.startswith("error: component 'a' of w1: weight must be") \
+        and out.stderr.count("\n") == 1, out.output
+
+
+def test_a_component_that_gets_no_positions_is_a_warning(ten):
+    comps = [("tiny", "source = 'chartqa'", 0.001), ("docs", "source = 'docbank'", 1)]
+    with pytest.warns(MixtureWarning, match=r"component tiny of w2 gets no positions now: weight 0.001 × 29 "
+                                            r"matching rows is less than half a row; give it a weight of at least 0.0345"):
+        create_mixture(ten, "w2", comps)
+    described = describe_mixture(ten, "w2")
+    assert [c["realised"] for c in described["components"]] == [0, 23]
+    assert len(described["warnings"]) == 1 and "tiny" in described["warnings"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the weight the warning suggests gives one position
+        create_mixture(ten, "w3", [("few", "source = 'chartqa'", 1 / 29)])
+    assert describe_mixture(ten, "w3")["components"][0]["realised"] == 1
+    ten.close()
+    runner = CliRunner()
+    out = runner.invoke(app, ["mix", "create", "w4", "-C", "a=source = 'chartqa':0.001", "--catalog", str(ten.dir)])
+    assert out.exit_code == 0 and out.stderr.startswith("warning: component a of w4 gets no positions"), out.output
+    out = runner.invoke(app, ["mix", "show", "w4", "--catalog", str(ten.dir)])
+    assert out.exit_code == 0 and "warning: component a of w4 gets no positions" in out.stderr, out.output
 
 
 def test_create_refuses_an_existing_name_unless_replace(ten):

@@ -164,6 +164,37 @@ def test_no_statement_is_a_user_error(env):
         assert out.exit_code == 2 and out.stderr.startswith("error: no SQL statement given"), (query, out.output)
 
 
+def test_several_queries_are_refused_not_reduced_to_the_last(env):
+    """`SELECT 1; SELECT 2` printed only 2, with exit 0."""
+    for query in ["SELECT 1; SELECT 2", "SELECT count(*) FROM samples; SELECT 2;"]:
+        out = CliRunner().invoke(app, ["sql", query, "--catalog", str(env / "catalog")])
+        assert out.exit_code == 2 and out.stdout == "", (query, out.output)
+        assert out.stderr == ("error: ocrcat sql runs one query at a time and got 2 (only the last result would be "
+                              "shown); run each with its own ocrcat sql call\n"), out.stderr
+        with pytest.raises(CatalogError, match="one query at a time"):
+            read_only_query(env / "catalog", query)
+    out = CliRunner().invoke(app, ["sql", "SELECT 1 AS a;", "--csv", "--catalog", str(env / "catalog")])
+    assert out.exit_code == 0 and out.stdout == "a\n1\n"  # a trailing ; is still one statement
+
+
+def test_write_runs_a_script_whose_last_statement_alone_may_be_a_query(env, tmp_path):
+    catalog = tmp_path / "catalog"
+    shutil.copytree(env / "catalog", catalog)
+    with Catalog(catalog, read_only=True) as cat:
+        total, val = cat.con.execute("SELECT count(*), count(*) FILTER (WHERE split = 'val') FROM samples").fetchone()
+    assert val > 0
+    runner = CliRunner()
+    out = runner.invoke(app, ["sql", "SELECT 1; DELETE FROM samples", "--write", "--catalog", str(catalog)])
+    assert out.exit_code == 2 and out.stderr.startswith("error: statement 1 of 2 is a query whose result would not "
+                                                        "be shown") and out.stderr.count("\n") == 1, out.output
+    count = ["sql", "SELECT count(*) AS n FROM samples", "--csv", "--catalog", str(catalog)]
+    assert runner.invoke(app, count).stdout == f"n\n{total}\n"  # refused before anything ran
+    script = "BEGIN; DELETE FROM samples WHERE split = 'val'; COMMIT; SELECT count(*) AS n FROM samples"
+    out = runner.invoke(app, ["sql", script, "--write", "--csv", "--catalog", str(catalog)])
+    assert out.exit_code == 0 and out.stdout == f"n\n{total - val}\n", out.output
+    assert runner.invoke(app, count).stdout == f"n\n{total - val}\n"
+
+
 def test_allow_may_not_reach_into_the_catalog(env):
     before = snapshot(env)
     for allow in [env / "catalog", env / "catalog" / "images", env, "."]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 
@@ -117,6 +118,37 @@ def test_image_token_id_is_configurable(nanochat_dir):
     assert ids[1:3] == [5000, 5000]
     with pytest.raises(ValueError, match="collides"):
         load_tokenizer(image_token_id=256)
+
+
+@pytest.mark.parametrize(("image_token_id", "message"), [
+    (257, "image token id 257 collides with <|user_start|>, a special token of the byte tokenizer; "
+          "leave it unset (265) or use an id >= 266"),
+    (264, "collides with <|output_end|>, a special token"),
+    (65, "image token id 65 collides with a token of the byte tokenizer's vocabulary (ids 0-265), which text "
+         "encodes to; leave it unset (265) or use an id >= 266"),
+    (0, "vocabulary"),
+    (-1, "must be a non-negative integer"),
+    (True, "must be a non-negative integer"),
+])
+def test_an_image_token_id_that_text_or_a_special_can_produce_is_refused(image_token_id, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_tokenizer("byte", image_token_id=image_token_id)
+
+
+@pytest.mark.parametrize("back_end", ["byte", "nanochat", "huggingface"])
+def test_image_token_id_collisions_in_every_back_end(back_end, nanochat_dir, hf_json):
+    spec = {"byte": "byte", "nanochat": nanochat_dir, "huggingface": hf_json}[back_end]
+    tok = load_tokenizer(spec)
+    for taken in (tok.specials["<|assistant_start|>"], tok.encode("A")[0]):
+        with pytest.raises(ValueError, match=f"image token id {taken} collides"):
+            load_tokenizer(spec, image_token_id=taken)
+    # Free: the default (the tokenizer's own <|image|>, or the first id past the vocabulary), given
+    # explicitly too, and any id past the vocabulary.
+    assert load_tokenizer(spec, image_token_id=tok.image_token_id).image_token_id == tok.image_token_id
+    past = load_tokenizer(spec, image_token_id=tok.base_vocab_size + 3)
+    assert past.vocab_size == tok.base_vocab_size + 4
+    ids, _ = past.render_vision_pretraining("<image>A", None, [2])
+    assert ids.count(past.image_token_id) == 2
 
 
 def test_bad_paths_say_what_to_pass(tmp_path):

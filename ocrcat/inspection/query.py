@@ -17,6 +17,10 @@ So, second, every statement must be a query: DuckDB's own parser classifies them
 (`extract_statements`), and anything but SELECT (which covers FROM, WITH, VALUES, DESCRIBE, SHOW,
 SUMMARIZE and PRAGMA table_info) is refused before anything runs; and `--allow` may not name the
 catalog folder or anything inside it.
+
+One statement per call: DuckDB would run several and return only the last one's result, so the
+others' would vanish without a word. With `--write` (`write_query`) several statements run as one
+script (BEGIN; …; COMMIT), but only the last may be a query, as only its result is shown.
 """
 
 from __future__ import annotations
@@ -79,12 +83,34 @@ def read_only_query(catalog: str | os.PathLike | None, sql: str, allow: Sequence
                     f"DESCRIBE, SHOW, SUMMARIZE); refused a {statement.type.name} statement before running "
                     "anything, so nothing changed"
                 )
+        if len(statements) > 1:
+            raise Refused(f"ocrcat sql runs one query at a time and got {len(statements)} (only the last result "
+                          "would be shown); run each with its own ocrcat sql call")
         try:
-            result = con.execute(sql)
-            columns = [d[0] for d in result.description] if result.description else []
-            return QueryResult(columns, result.fetchall() if columns else [])
+            return _result(con.execute(sql))
         except duckdb.PermissionException as exc:
             raise CatalogError(_permission_message(exc)) from None
+
+
+def write_query(catalog: str | os.PathLike | None, sql: str) -> QueryResult:
+    """Run `sql` (`ocrcat sql --write`) on the catalog opened for writing: one statement, or a
+    script of several run in order (BEGIN; …; COMMIT), whose last statement's result is returned.
+    A query before the last is refused before anything runs: its result would never be shown.
+    """
+    with Catalog(catalog, create=False) as cat:
+        sql = bind_json_arrows(sql)
+        statements = cat.con.extract_statements(sql)
+        hidden = [i for i, s in enumerate(statements[:-1], 1) if s.type in QUERY_TYPES]
+        if hidden:
+            raise Refused(f"statement {hidden[0]} of {len(statements)} is a query whose result would not be shown "
+                          "(only the last statement's is); run it with its own ocrcat sql call, nothing ran")
+        result = cat.con.execute(sql)  # None for an empty script
+        return _result(result) if result is not None else QueryResult([], [])
+
+
+def _result(result: duckdb.DuckDBPyConnection) -> QueryResult:
+    columns = [d[0] for d in result.description] if result.description else []
+    return QueryResult(columns, result.fetchall() if columns else [])
 
 
 def _readable(cat: Catalog, allow: Sequence[str | os.PathLike]) -> tuple[list[str], list[str]]:

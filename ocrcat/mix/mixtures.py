@@ -5,8 +5,9 @@ text share. Its plan is one entry per training position:
 
 - a component of weight w over n rows gives floor(w)*n entries (every row floor(w) times) plus
   round(frac(w)*n) more, drawn without replacement by a seeded key: 1.5 = once plus a seeded half;
-- the text share s draws T = round(s/(1-s) * V) entries from the text rows (V = all other entries),
-  so text is fraction s of the whole to within one row; it cycles through the text rows, each pass
+- the text share s draws T = round((s*V - V_text)/(1-s)), at least 0, entries from the text rows
+  (V = all other entries, V_text = those of them that are text rows already), so text rows are
+  fraction s of the whole to within half a row; it cycles through the text rows, each pass
   without replacement, if T is larger than the rows there are;
 - positions are a seeded shuffle of all entries, like nanochat's TaskMixture shuffles its
   (task, index) pairs.
@@ -23,8 +24,10 @@ with `position`, `component`, `repeat` and the sample's columns.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
+import warnings
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -41,11 +44,18 @@ TEXT_COMPONENT = "text"  # the component name of the rows drawn for the text sha
 DEFAULT_TEXT_PREDICATE = "kind = 'text'"
 PLAN_ORDER = "key, component, repeat, sample_id"
 SPLITS = ("train", "val", "test")
+# A row at most a million times: larger weights only overflow the plan's integer counts (and no
+# mixture needs them: 1e6 × one row is already a million positions).
+MAX_WEIGHT = 1e6
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 class MixtureError(ValueError):
     """A mixture definition or request the user has to fix; the message says what."""
+
+
+class MixtureWarning(UserWarning):
+    """A stored mixture that works but does not give what its definition seems to ask for."""
 
 
 # --- the deterministic key -------------------------------------------------------------------
@@ -92,8 +102,10 @@ def normalise(name: str, components, text_share: float = 0.0, seed: int = 0,
         if not isinstance(predicate, str) or not predicate.strip():
             raise MixtureError(f"component {cname!r} of {name} needs a predicate, e.g. \"source = 'chartqa'\"")
         weight = comp.get("weight", 1)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight <= 0:
-            raise MixtureError(f"component {cname!r} of {name}: weight must be a number > 0, not {weight!r}")
+        if (isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight)
+                or not 0 < weight <= MAX_WEIGHT):
+            raise MixtureError(f"component {cname!r} of {name}: weight must be a number > 0 and at most "
+                               f"{MAX_WEIGHT:.0f} (each row a million times), not {weight!r}")
         comps.append({"name": cname, "predicate": predicate.strip(), "weight": float(weight)})
     if not comps:
         raise MixtureError(f"mixture {name} has no components; give at least one NAME=PREDICATE:WEIGHT")
@@ -119,9 +131,11 @@ def normalise(name: str, components, text_share: float = 0.0, seed: int = 0,
 
 def _predicate_rows(con: duckdb.DuckDBPyConnection, predicate: str, where: str) -> int:
     """Rows of `samples` a predicate matches. It must parse as one SQL expression on its own, so
-    that it cannot close the WHERE clause it is pasted into (no `) UNION …`, no `; DROP …`)."""
+    that it cannot close the WHERE clause it is pasted into (no `) UNION …`, no `; DROP …`), and
+    select the same rows on every read (`_check_pure`)."""
     try:
         duckdb.SQLExpression(bind_json_arrows(predicate))
+        _check_pure(con, predicate, where)
         return con.execute(f"SELECT count(*) FROM samples WHERE ({bind_json_arrows(predicate)}\n)").fetchone()[0]
     except duckdb.Error as exc:
         first = str(exc).strip().splitlines()[0]
@@ -129,6 +143,64 @@ def _predicate_rows(con: duckdb.DuckDBPyConnection, predicate: str, where: str) 
             f"{where}: predicate {predicate!r} is not a valid filter over samples ({first}); "
             "give one SQL expression, e.g. \"source = 'chartqa'\"; columns: `ocrcat sql \"DESCRIBE samples\"`"
         ) from None
+
+
+# DuckDB binds these keywords, written without parentheses, to clock functions (the parser sees a
+# column reference), and marks the local-time ones CONSISTENT; so they are named here.
+_CLOCK = {"current_date", "current_time", "current_timestamp", "localtime", "localtimestamp",
+          "current_localtime", "current_localtimestamp"}
+
+
+def _check_pure(con: duckdb.DuckDBPyConnection, predicate: str, where: str) -> None:
+    """Refuse a predicate whose rows can change between two reads of the same catalog: one that
+    calls a function DuckDB marks VOLATILE (random(), uuid()) or CONSISTENT_WITHIN_QUERY (now()),
+    reads the clock, or samples (USING SAMPLE). The plan is a pure function of (seed, rows,
+    definition) (SPEC 4); such a predicate would make it change on every read.
+
+    The calls come from DuckDB's own parse tree (`json_serialize_sql`), so strings, comments,
+    casing and subqueries are seen as DuckDB sees them; their stability from `duckdb_functions()`.
+    """
+    sql = f"SELECT * FROM samples WHERE ({bind_json_arrows(predicate)}\n)"
+    tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+    calls, names, samples = set(), set(), []
+    _walk(tree, calls, names, samples)
+    unstable = dict(con.execute(
+        "SELECT function_name, max(stability) FROM duckdb_functions() "
+        "WHERE function_name IN (SELECT unnest(?)) AND stability IN ('VOLATILE', 'CONSISTENT_WITHIN_QUERY') "
+        "GROUP BY 1 ORDER BY 1", [sorted(calls)]).fetchall())
+    clock = sorted((calls | names) & _CLOCK)
+    if unstable or clock:
+        name = next(iter(unstable), None) or clock[0]
+        why = {"VOLATILE": "DuckDB marks volatile (a new value on every call)",
+               "CONSISTENT_WITHIN_QUERY": "DuckDB marks consistent within one query only (it changes between reads)",
+               }.get(unstable.get(name), "reads the clock")
+        raise MixtureError(
+            f"{where}: predicate {predicate!r} calls {name}(), which {why}: the plan must be the same on every "
+            "read (a pure function of seed, rows and definition); filter on the rows' columns, and take a "
+            "seeded fraction of them with a weight below 1 (e.g. :0.5) instead"
+        )
+    if samples:
+        raise MixtureError(
+            f"{where}: predicate {predicate!r} uses USING SAMPLE/TABLESAMPLE, whose rows differ from one read to "
+            "the next: the plan must be the same on every read; take a seeded fraction with a weight below 1 "
+            "(e.g. :0.5) instead"
+        )
+
+
+def _walk(node: object, calls: set[str], names: set[str], samples: list) -> None:
+    """Collect from a `json_serialize_sql` tree: function names called, one-part column names, samples."""
+    if isinstance(node, dict):
+        if "function_name" in node:  # scalar, aggregate, window and table functions alike
+            calls.add(node["function_name"].lower())
+        if node.get("class") == "COLUMN_REF" and len(node["column_names"]) == 1:
+            names.add(node["column_names"][0].lower())
+        if node.get("sample"):
+            samples.append(node["sample"])
+        for value in node.values():
+            _walk(value, calls, names, samples)
+    elif isinstance(node, list):
+        for value in node:
+            _walk(value, calls, names, samples)
 
 
 def validate(catalog: Catalog, definition: dict) -> dict[str, int]:
@@ -174,28 +246,34 @@ def entries_sql(definition: dict, split: str | None = None) -> str:
     weighted = ", ".join(f"({sql_string(n)}, CAST({sql_string(repr(w))} AS DOUBLE))" for n, _, w in comps if w is not None)
     # Whole weights need no draw: every row exactly w times. Fractions and the text share rank
     # their rows by a seeded key and take the first `target mod n` once more.
-    whole = [n for n, _, w in comps if w is not None and w == int(w)]
-    drawn = [n for n, _, w in comps if w is None or w != int(w)]
     copies = [
         f"SELECT component, sample_id, CAST({int(w)} AS BIGINT) AS copies FROM matches WHERE component = {sql_string(n)}"
-        for n, _, w in comps if n in whole
+        for n, _, w in comps if w is not None and w == int(w)
     ]
+    drawn = [n for n, _, w in comps if w is not None and w != int(w)]
     if drawn:
-        pick = _sql_key("'pick'", str(seed), "m.component", "m.sample_id")
-        copies.append(
-            f"""SELECT m.component, m.sample_id,
-             t.target // t.n + CAST(row_number() OVER (PARTITION BY m.component ORDER BY {pick}, m.sample_id)
-                                    <= t.target % t.n AS BIGINT) AS copies
-      FROM matches m JOIN targets t USING (component)
-      WHERE m.component IN ({', '.join(map(sql_string, drawn))})"""
-        )
-    text_target = ""
+        copies.append(_drawn_copies(seed, "weighted") + f"\n      WHERE m.component IN ({', '.join(map(sql_string, drawn))})")
+    text = ""
     if definition["text_share"]:
         share = f"CAST({sql_string(repr(float(definition['text_share'])))} AS DOUBLE)"
-        text_target = f"""
-      UNION ALL
-      SELECT component, n, CAST(floor({share} / (1 - {share}) * (SELECT coalesce(sum(target), 0) FROM weighted) + 0.5) AS BIGINT)
-      FROM sizes WHERE component = {sql_string(TEXT_COMPONENT)}"""
+        # T = round((s·V − V_text)/(1 − s)), not below 0, makes text rows fraction s of the whole
+        # (V entries so far, V_text of them text rows the components brought). Written so that with
+        # V_text = 0 it is the float expression plans were pinned with: s/(1−s)·V.
+        text = f""",
+    text_in_components AS (
+      SELECT coalesce(sum(copies), 0) AS v,
+             coalesce(sum(copies) FILTER (WHERE sample_id IN (SELECT sample_id FROM matches
+                                                               WHERE component = {sql_string(TEXT_COMPONENT)})), 0) AS v_text
+      FROM weighted_copies
+    ),
+    text_target AS (
+      SELECT component, n,
+             greatest(CAST(floor({share} / (1 - {share}) * v - v_text / (1 - {share}) + 0.5) AS BIGINT), 0) AS target
+      FROM sizes, text_in_components WHERE component = {sql_string(TEXT_COMPONENT)}
+    ),
+    text_copies AS (
+      {_drawn_copies(seed, "text_target")}
+    )"""
     order = _sql_key(str(seed), "component", "repeat", "sample_id")
     union_copies = "\n      UNION ALL ".join(copies)
     return f"""WITH
@@ -208,15 +286,23 @@ def entries_sql(definition: dict, split: str | None = None) -> str:
       SELECT component, n, CAST(floor(weight) * n + floor((weight - floor(weight)) * n + 0.5) AS BIGINT) AS target
       FROM weights JOIN sizes USING (component)
     ),
-    targets AS (
-      SELECT component, n, target FROM weighted{text_target}
-    ),
-    copies AS (
+    weighted_copies AS (
       {union_copies}
-    ),
+    ){text},
+    copies AS (SELECT * FROM weighted_copies{" UNION ALL SELECT * FROM text_copies" if text else ""}),
     entries AS (SELECT component, sample_id, unnest(range(copies)) AS repeat FROM copies)
     SELECT component, CAST(repeat AS INTEGER) AS repeat, sample_id, {order} AS key
     FROM entries"""
+
+
+def _drawn_copies(seed: int, targets: str) -> str:
+    """Copies per matching row for the components in `targets` (component, n, target): every row
+    target // n times, and the first target % n rows by a seeded key once more."""
+    pick = _sql_key("'pick'", str(seed), "m.component", "m.sample_id")
+    return f"""SELECT m.component, m.sample_id,
+             t.target // t.n + CAST(row_number() OVER (PARTITION BY m.component ORDER BY {pick}, m.sample_id)
+                                    <= t.target % t.n AS BIGINT) AS copies
+      FROM matches m JOIN {targets} t USING (component)"""
 
 
 def plan_sql(definition: dict, split: str | None = None) -> str:
@@ -301,8 +387,9 @@ def create_mixture(catalog: Catalog, name: str, components, text_share: float = 
     >>> create_mixture(cat, "charts", [("chartqa", "source = 'chartqa'", 1.5)], seed=7)
     """
     definition = normalise(name, components, text_share, seed, text_predicate)
-    validate(catalog, definition)
+    rows = validate(catalog, definition)
     _store(catalog, [definition], replace)
+    _warn(catalog.con, definition, rows)
     return definition
 
 
@@ -351,9 +438,10 @@ def load_toml(catalog: Catalog, path_or_preset: str | Path | None = None, names:
             raise MixtureError(f"no mixture {', '.join(sorted(missing))} in the file; it has "
                                + ", ".join(d["name"] for d in definitions))
         definitions = [d for d in definitions if d["name"] in names]
-    for d in definitions:
-        validate(catalog, d)
+    rows = [validate(catalog, d) for d in definitions]
     _store(catalog, definitions, replace=True)
+    for d, r in zip(definitions, rows):
+        _warn(catalog.con, d, r)
     return definitions
 
 
@@ -396,8 +484,12 @@ def list_mixtures(catalog: Catalog) -> list[dict]:
              "created_at": str(c)} for n, s, t, k, c in rows]
 
 
-def promised_counts(definition: dict, rows: dict[str, int]) -> dict[str, int]:
-    """Plan entries each component should get, given its matching rows (Python twin of the SQL)."""
+def promised_counts(definition: dict, rows: dict[str, int], text_in_components: int = 0) -> dict[str, int]:
+    """Plan entries each component should get, given its matching rows (Python twin of the SQL).
+
+    `text_in_components`: how many of the components' entries are text rows themselves (which rows
+    a fractional weight takes is the plan's seeded draw, so this count comes from the plan).
+    """
     counts = {}
     for name, _, weight in _components(definition):
         if weight is not None:
@@ -405,33 +497,88 @@ def promised_counts(definition: dict, rows: dict[str, int]) -> dict[str, int]:
             counts[name] = int(math.floor(weight) * n + math.floor((weight - math.floor(weight)) * n + 0.5))
     if definition["text_share"]:
         share = float(definition["text_share"])
-        counts[TEXT_COMPONENT] = int(math.floor(share / (1 - share) * sum(counts.values()) + 0.5))
+        v = sum(counts.values())
+        counts[TEXT_COMPONENT] = max(int(math.floor(share / (1 - share) * v - text_in_components / (1 - share) + 0.5)), 0)
     return counts
+
+
+def _plan_counts(con: duckdb.DuckDBPyConnection, definition: dict, split: str | None) -> dict[str, tuple[int, int]]:
+    """Per component: its entries in the plan, and how many of them are text rows (rows the text
+    predicate matches), counted from the plan itself."""
+    predicate = bind_json_arrows(definition["text_predicate"] or DEFAULT_TEXT_PREDICATE)
+    counts = con.execute(
+        f"""SELECT component, count(*),
+                   count(*) FILTER (WHERE sample_id IN (SELECT sample_id FROM samples WHERE ({predicate}\n)))
+            FROM ({entries_sql(definition, split)}) GROUP BY 1""").fetchall()
+    return {name: (entries, text) for name, entries, text in counts}
+
+
+def _text_from_components(counts: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    """(entries of the weighted components, how many of them are text rows)."""
+    weighted = [c for name, c in counts.items() if name != TEXT_COMPONENT]
+    return sum(e for e, _ in weighted), sum(t for _, t in weighted)
+
+
+def plan_warnings(definition: dict, rows: dict[str, int], counts: dict[str, tuple[int, int]]) -> list[str]:
+    """What a valid definition gives that its user probably did not mean: a component whose weight
+    rounds to no positions at all; components that alone bring more text rows than the text share
+    (none are then drawn for it, and text is more than that share). `counts`: `_plan_counts`."""
+    promised = promised_counts(definition, rows)
+    out = []
+    for c in definition["components"]:
+        n = rows[c["name"]]
+        if n and not promised[c["name"]]:
+            out.append(f"component {c['name']} of {definition['name']} gets no positions now: weight {c['weight']:g} × "
+                       f"{n} matching rows is less than half a row; give it a weight of at least {1 / n:.3g} "
+                       "(one row) or drop it")
+    share = float(definition["text_share"])
+    v, v_text = _text_from_components(counts)
+    if share and v_text > share * v:
+        names = ", ".join(n for n, (_, t) in counts.items() if t and n != TEXT_COMPONENT)
+        predicate = definition["text_predicate"] or DEFAULT_TEXT_PREDICATE
+        out.append(f"component(s) {names} of {definition['name']} alone bring {v_text} text rows ({predicate}), "
+                   f"{v_text / v:.2%} of their positions, more than the text share of {share:.2%}: none are drawn for "
+                   f"the share; narrow those predicates (e.g. AND NOT ({predicate})) or lower their weights")
+    return out
+
+
+def _warn(con: duckdb.DuckDBPyConnection, definition: dict, rows: dict[str, int]) -> None:
+    counts = _plan_counts(con, definition, None) if definition["text_share"] else {}
+    for message in plan_warnings(definition, rows, counts):
+        warnings.warn(message, MixtureWarning, stacklevel=3)
 
 
 def describe_mixture(catalog: Catalog, name: str, split: str | None = None) -> dict:
     """A mixture's definition with, per component: rows matched, plan entries promised by the
-    weights and realised by the plan, and intended against realised share of the plan.
+    weights and realised by the plan (and how many of them are text rows), and intended against
+    realised share of the plan; and `plan_warnings`.
 
-    Intended shares: the text share s for the text rows; (1-s) * w*n / Σ w*n for the others.
+    Realised shares are counted in the plan: a component's entries, and for the text share every
+    position holding a text row, whichever component brought it. Intended shares: s for the text
+    rows; for the others w·n / N, N = the plan's size had the draw hit the share exactly
+    (Σ w·n less the components' own text rows, over 1 − s; Σ w·n where those exceed the share).
     """
     definition = get_mixture(catalog, name)
     con = catalog.con
     comps = _components(definition)
-    entries = entries_sql(definition, split)  # checks the split
     in_split = f" AND split = {sql_string(split)}" if split else ""
+    counts = _plan_counts(con, definition, split)  # checks the split
     rows = {n: con.execute(f"SELECT count(*) FROM samples WHERE ({p}\n){in_split}").fetchone()[0] for n, p, _ in comps}
-    realised = dict(con.execute(f"SELECT component, count(*) FROM ({entries}) GROUP BY 1").fetchall())
-    promised = promised_counts(definition, rows)
-    total = sum(realised.values())
+    _, text_in_components = _text_from_components(counts)
+    promised = promised_counts(definition, rows, text_in_components)
+    total = sum(e for e, _ in counts.values())
     share = float(definition["text_share"])
     mass = sum(w * rows[n] for n, _, w in comps if w is not None)
+    size = max(mass, (mass - text_in_components) / (1 - share))
     out = []
     for n, p, w in comps:
-        intended = share if w is None else ((1 - share) * w * rows[n] / mass if mass else 0.0)
+        entries, text = counts.get(n, (0, 0))
+        intended = share if w is None else (w * rows[n] / size if size else 0.0)
+        realised = sum(t for _, t in counts.values()) if w is None else entries
         out.append({
             "name": n, "predicate": p, "weight": w, "rows": rows[n],
-            "promised": promised[n], "realised": realised.get(n, 0),
-            "intended_share": intended, "realised_share": realised.get(n, 0) / total if total else 0.0,
+            "promised": promised[n], "realised": entries, "text_rows": text,
+            "intended_share": intended, "realised_share": realised / total if total else 0.0,
         })
-    return definition | {"view": view_name(name), "split": split, "total": total, "components": out}
+    return definition | {"view": view_name(name), "split": split, "total": total, "components": out,
+                         "warnings": plan_warnings(definition, rows, counts)}

@@ -67,17 +67,34 @@ class Tokenizer:
         if missing:
             raise ValueError(f"{self.name} tokenizer lacks nanochat special tokens {missing}; "
                              "train it with nanochat's special tokens or use another tokenizer")
+        # A tokenizer without `<|image|>` gets the first id past its vocabulary: the model's
+        # embedding table then needs vocab_size rows (which accounts for it).
+        default = self.specials.get(IMAGE_TOKEN, self.base_vocab_size)
         if image_token_id is None:
-            # A tokenizer without `<|image|>` gets the first id past its vocabulary: the model's
-            # embedding table then needs vocab_size rows (which accounts for it).
-            image_token_id = self.specials.get(IMAGE_TOKEN, self.base_vocab_size)
+            image_token_id = default
+        self._check_image_token_id(image_token_id, default)
         self.image_token_id = image_token_id
         self.bos_id = self.specials["<|bos|>"]
         self.assistant_end_id = self.specials["<|assistant_end|>"]
-        if image_token_id in (self.bos_id, self.assistant_end_id):
-            raise ValueError(f"image token id {image_token_id} collides with a special token")
 
     name = "tokenizer"
+
+    def _check_image_token_id(self, image_token_id: int, default: int) -> None:
+        """The image id must be one nothing else produces: the tokenizer's own `<|image|>`, or an id
+        past its vocabulary. Any other id is a special token or what some text encodes to, and the
+        image mask (and the targets masked before image tokens) would cover those ids too."""
+        if image_token_id == self.specials.get(IMAGE_TOKEN):
+            return
+        hint = f"leave it unset ({default}) or use an id >= {self.base_vocab_size}"
+        if isinstance(image_token_id, bool) or not isinstance(image_token_id, int) or image_token_id < 0:
+            raise ValueError(f"image token id must be a non-negative integer, not {image_token_id!r}; {hint}")
+        special = [t for t, i in self.specials.items() if i == image_token_id]
+        if special:
+            raise ValueError(f"image token id {image_token_id} collides with {special[0]}, a special token of the "
+                             f"{self.name} tokenizer; {hint}")
+        if image_token_id < self.base_vocab_size:
+            raise ValueError(f"image token id {image_token_id} collides with a token of the {self.name} tokenizer's "
+                             f"vocabulary (ids 0-{self.base_vocab_size - 1}), which text encodes to; {hint}")
 
     @property
     def vocab_size(self) -> int:
