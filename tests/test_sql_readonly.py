@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ocrcat.catalog import Catalog, CatalogError
+from ocrcat.catalog.snapshots import compact
 from ocrcat.cli import app
 from ocrcat.ingest.runner import ingest
 from ocrcat.inspection.query import read_only_query
@@ -229,3 +230,17 @@ def test_cli_refuses_in_a_real_process_and_write_still_writes(env, tmp_path):
     with_allow = subprocess.run(OCRCAT + ["sql", "SELECT 1", "--write", "--allow", str(tmp_path), "--catalog", str(catalog)],
                                 capture_output=True, text=True)
     assert with_allow.returncode == 2 and "--allow is for queries without --write" in with_allow.stderr
+
+
+def test_time_travel_reads_a_snapshot_whose_rows_were_replaced(sample_mirror_factory, tmp_path):
+    # `AT (VERSION => N)` reads files that are no longer current; the read-only connection allowed
+    # only the current snapshot's files, so a replaced split's old rows were out of reach.
+    catalog = tmp_path / "catalog"
+    root = sample_mirror_factory("chartqa", rows=40)
+    with Catalog(catalog) as cat:
+        ingest(cat, "chartqa", mirror=root, splits=["train"])
+        first, rows = cat.snapshot(), cat.con.execute("SELECT count(*) FROM samples").fetchone()[0]
+        ingest(cat, "chartqa", mirror=root, splits=["train"], limit=5)  # replaces the split
+        compact(cat)
+    assert read_only_query(catalog, f"SELECT count(*) FROM samples AT (VERSION => {first})").rows == [(rows,)]
+    assert read_only_query(catalog, "SELECT count(*) FROM samples").rows == [(5,)]

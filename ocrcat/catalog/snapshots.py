@@ -20,7 +20,7 @@ from ocrcat.catalog.store import LAKE, Catalog, CatalogBusy, CatalogError, inser
 METADATA = f"__ducklake_metadata_{LAKE}"  # DuckLake's own tables, in catalog.sqlite
 
 
-def _metadata(catalog: Catalog, table: str) -> str:
+def metadata_table(catalog: Catalog, table: str) -> str:
     """A DuckLake metadata table: in catalog.sqlite, or in the shared catalog's PostgreSQL schema."""
     schema = f'"{catalog.shared["schema"]}".' if catalog.shared else ""
     return f"{METADATA}.{schema}{table}"
@@ -123,7 +123,7 @@ def rollback(catalog: Catalog, snapshot: int) -> int:
             else:
                 con.execute(f"DELETE FROM {table}")
                 insert_rows(con, table, then_rows[table])
-        _restore_views(con, snapshot, _metadata(catalog, "ducklake_view"))
+        _restore_views(con, snapshot, metadata_table(catalog, "ducklake_view"))
         return catalog.next_snapshot()
 
     with tempfile.TemporaryDirectory(prefix=".rollback-", dir=catalog.dir) as work:
@@ -172,7 +172,7 @@ def referenced_images(catalog: Catalog, source: str | None = None) -> ImageKeys:
     where = "image_path IS NOT NULL" + (" AND source = ?" if source else "")
     params = [source] if source else []
     # The oldest kept snapshot that has the tables (the lake's first snapshots predate them).
-    [[created]] = con.execute(f"SELECT min(begin_snapshot) FROM {_metadata(catalog, 'ducklake_table')} "
+    [[created]] = con.execute(f"SELECT min(begin_snapshot) FROM {metadata_table(catalog, 'ducklake_table')} "
                               "WHERE table_name = 'samples'").fetchall()
     oldest = f"AT (VERSION => {max(int(first), int(created))})"
     keys = con.execute(
@@ -262,6 +262,6 @@ def compact(catalog: Catalog, *, older_than_snapshot: int | None = None, source:
 
 def _file_count(catalog: Catalog) -> int:
     if catalog.shared:  # object storage: count the lake's live files in its metadata instead of listing
-        return catalog.con.execute(f"SELECT count(*) FROM {_metadata(catalog, 'ducklake_data_file')} "
+        return catalog.con.execute(f"SELECT count(*) FROM {metadata_table(catalog, 'ducklake_data_file')} "
                                    "WHERE end_snapshot IS NULL").fetchone()[0]
     return sum(1 for p in catalog.data_path.rglob("*.parquet")) if catalog.data_path.is_dir() else 0

@@ -35,6 +35,7 @@ from typing import Sequence
 import duckdb
 
 from ocrcat.catalog import Catalog, CatalogError
+from ocrcat.catalog.snapshots import metadata_table
 from ocrcat.catalog.store import LAKE
 from ocrcat.catalog.sqltext import bind_json_arrows
 
@@ -146,7 +147,29 @@ def _catalog_files(cat: Catalog) -> list[str]:
         for data, delete in cat.con.execute("SELECT data_file, delete_file FROM ducklake_list_files(?, ?)",
                                             [LAKE, table]).fetchall():
             files += [f for f in (data, delete) if f]
-    return files
+    return files + _files_of_kept_snapshots(cat)
+
+
+def _files_of_kept_snapshots(cat: Catalog) -> list[str]:
+    """Every data and delete file the lake still records, current or not: what `AT (VERSION => N)`
+    reads for an older kept snapshot. Paths are resolved as DuckLake resolves them: a relative file
+    path under its table's, the table's under its schema's, the schema's under the data path."""
+    data_path = (cat.shared["data"] + "/lake/") if cat.shared else cat.data_path.resolve().as_posix() + "/"
+
+    def under(parent: str, path: str, relative: str) -> str:
+        return f"CASE WHEN {relative} THEN {parent} || {path} ELSE {path} END"
+
+    schema = under("?", "s.path", "s.path_is_relative")
+    table = under(schema, "t.path", "t.path_is_relative")
+    rows = cat.con.execute(f"""
+        WITH tables AS (SELECT DISTINCT table_id, schema_id, path, path_is_relative FROM {metadata_table(cat, 'ducklake_table')}),
+             files AS (SELECT table_id, path, path_is_relative FROM {metadata_table(cat, 'ducklake_data_file')}
+                       UNION ALL SELECT table_id, path, path_is_relative FROM {metadata_table(cat, 'ducklake_delete_file')})
+        SELECT DISTINCT {under(table, "f.path", "f.path_is_relative")}
+        FROM files f JOIN tables t USING (table_id)
+             JOIN (SELECT DISTINCT schema_id, path, path_is_relative FROM {metadata_table(cat, 'ducklake_schema')}) s USING (schema_id)
+    """, [data_path]).fetchall()
+    return [path for (path,) in rows if path]
 
 
 def _permission_message(exc: duckdb.PermissionException) -> str:
