@@ -311,3 +311,20 @@ def test_an_embedded_export_is_read_by_split_and_keeps_its_folder_to_itself(cata
     assert json.loads((tmp_path / "e" / "manifest.json").read_text())["split"] == "train"
     with pytest.raises(ValueError, match="carries its images.*read it with MixtureDataset"):
         ExportTask(tmp_path / "e")
+
+
+def test_a_corrupt_lake_file_is_named_not_hidden_behind_an_aborted_transaction(sample_mirror_factory, tmp_path):
+    from ocrcat.catalog.snapshots import compact
+
+    catalog = tmp_path / "catalog"
+    with Catalog(catalog) as cat:
+        ingest(cat, "chartqa", mirror=sample_mirror_factory("chartqa", rows=20))
+        create_mixture(cat, "charts", [("charts", "source = 'chartqa'", 1)])
+        compact(cat)  # rows into Parquet files
+    [data] = sorted((catalog / "lake" / "main" / "samples").glob("*.parquet"))
+    data.write_bytes(data.read_bytes()[:1000])
+    with Catalog(catalog, read_only=True) as cat:
+        with pytest.raises(duckdb.Error) as caught:
+            export_mixture(cat, "charts", tmp_path / "out")
+        assert cat.con.execute("SELECT 1").fetchone() == (1,)  # rolled back: the connection works again
+    assert data.name in str(caught.value) and "aborted" not in str(caught.value)

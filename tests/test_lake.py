@@ -405,3 +405,12 @@ def test_spill_folders_of_dead_processes_are_removed():
     (parent / f"{dead}-0" / "duckdb_temp_storage_DEFAULT-0.tmp").write_bytes(b"x" * 10)
     store.connect().close()
     assert not (parent / f"{dead}-0").exists()
+
+
+def test_rollback_before_the_tables_existed_is_refused_in_one_line(sample_mirror_factory, tmp_path):
+    catalog_dir = tmp_path / "catalog"
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "chartqa", mirror=sample_mirror_factory("chartqa", rows=10), splits=["train"])
+    done = subprocess.run(OCRCAT + ["rollback", "0", "--catalog", str(catalog_dir)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: snapshot 0 predates the catalog's tables") and done.stderr.count("\n") == 1

@@ -70,6 +70,18 @@ def _check_snapshot(catalog: Catalog, snapshot: int) -> None:
     if not known:
         raise CatalogError(f"catalog {catalog.dir} has no snapshot {snapshot} (expired by compact, or never made); "
                            "list them with `ocrcat history`")
+    first = first_whole_snapshot(catalog)
+    if snapshot < first:
+        raise CatalogError(f"snapshot {snapshot} predates the catalog's tables (the lake was still being laid "
+                           f"out); the earliest you can go back to is snapshot {first}")
+
+
+def first_whole_snapshot(catalog: Catalog) -> int:
+    """The first snapshot holding every table of the catalog (the lake's first ones predate them)."""
+    tables = ", ".join(sql_string(t) for t in TABLES)
+    return catalog.con.execute(
+        f"SELECT max(created) FROM (SELECT min(begin_snapshot) AS created FROM {metadata_table(catalog, 'ducklake_table')} "
+        f"WHERE table_name IN ({tables}) GROUP BY table_name)").fetchone()[0]
 
 
 def running_ingests(catalog: Catalog) -> list[str]:
@@ -171,10 +183,7 @@ def referenced_images(catalog: Catalog, source: str | None = None) -> ImageKeys:
     first, last = con.execute(f"SELECT min(snapshot_id), max(snapshot_id) FROM {LAKE}.snapshots()").fetchone()
     where = "image_path IS NOT NULL" + (" AND source = ?" if source else "")
     params = [source] if source else []
-    # The oldest kept snapshot that has the tables (the lake's first snapshots predate them).
-    [[created]] = con.execute(f"SELECT min(begin_snapshot) FROM {metadata_table(catalog, 'ducklake_table')} "
-                              "WHERE table_name = 'samples'").fetchall()
-    oldest = f"AT (VERSION => {max(int(first), int(created))})"
+    oldest = f"AT (VERSION => {max(int(first), first_whole_snapshot(catalog))})"
     keys = con.execute(
         f"""WITH paths AS (
                 SELECT image_path FROM samples {oldest} WHERE {where}

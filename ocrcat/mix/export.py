@@ -149,11 +149,15 @@ def export_mixture(
     """
     # Everything is read in one transaction, so from one snapshot, whatever commits meanwhile;
     # the manifest names it, and `Catalog(at=snapshot)` reads the very same state later.
+    previous = catalog.con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     catalog.con.execute("BEGIN TRANSACTION")
     try:
         return _export(catalog, name, out, format, split, relative_paths, memory_limit, require_images)
     finally:
+        # After the ROLLBACK: in a transaction a failed statement aborted, any statement fails
+        # again, and that error would hide the one that says what went wrong.
         catalog.con.execute("ROLLBACK")
+        catalog.con.execute(f"SET memory_limit = '{previous}'")
 
 
 def _export(catalog: Catalog, name: str, out, format: str, split: str | None, relative_paths: bool,
@@ -175,9 +179,8 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
     if memory_limit and not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", memory_limit):
         raise MixtureError(f"memory limit {memory_limit!r} is not a size like 1GB or 512MiB")
     con = catalog.con
-    previous = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
     try:
-        if memory_limit:
+        if memory_limit:  # export_mixture restores the previous limit
             con.execute(f"SET memory_limit = '{memory_limit}'")
         missing = missing_images(catalog, definition, split)
         if missing["count"] and require_images:
@@ -189,7 +192,6 @@ def _export(catalog: Catalog, name: str, out, format: str, split: str | None, re
         os.replace(tmp, data)
     finally:
         tmp.unlink(missing_ok=True)
-        con.execute(f"SET memory_limit = '{previous}'")
     entry = {"file": data.name, "split": split or "all", "rows": sum(counts.values()),
              "components": dict(sorted(counts.items())), "sha256": _sha256(data)}
     manifest = {
