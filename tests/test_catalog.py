@@ -8,10 +8,11 @@ import os
 import struct
 import zlib
 
+import duckdb
 import pytest
 from PIL import Image
 
-from ocrcat.catalog import BadImage, Catalog, CatalogError, ImageStore, sample_id
+from ocrcat.catalog import BadImage, Catalog, CatalogError, ImageStore, extensions, sample_id
 from ocrcat.catalog.images import ImageKeys, image_key, inspect_image
 
 
@@ -169,3 +170,23 @@ def test_samples_has_every_spec_column(tmp_path):
     # The lake: metadata in SQLite, data under lake/; no single-file DuckDB catalog.
     assert os.path.exists(tmp_path / "catalog.sqlite")
     assert not os.path.exists(tmp_path / "catalog.duckdb")
+
+
+def test_a_catalog_whose_creation_was_cut_short_says_so_to_readers(tmp_path):
+    # A first ingest killed while it laid the lake out leaves catalog.sqlite without the tables
+    # (or empty); a reader got DuckDB's "Table with name catalog_info does not exist! Did you mean…".
+    half = tmp_path / "half"
+    half.mkdir()
+    con = duckdb.connect()
+    extensions.load(con)
+    con.execute(f"ATTACH 'ducklake:sqlite:{half / 'catalog.sqlite'}' AS l (DATA_PATH '{half / 'lake'}/', "
+                "METADATA_PARAMETERS MAP {'journal_mode': 'WAL'})")  # as the writer attaches
+    con.close()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "catalog.sqlite").write_bytes(b"")
+    for folder in (half, empty):
+        with pytest.raises(CatalogError, match="is not laid out yet: it is being created, or its creation was interrupted"):
+            Catalog(folder, read_only=True)
+    with Catalog(half) as cat:  # a writer finishes the job
+        assert cat.vision_mode == "gundam"

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shutil
 import re
 import signal
 import subprocess
@@ -225,6 +226,26 @@ def test_full_catalog_disk_says_no_space_left(tmp_path, tmpfs):
     assert "smoltalk/train: writing shard(s) data/all/train-00000-of-00001.parquet:g" in message
     assert "No space left on device" in message
     assert "no transaction is active" not in message and "Traceback" not in failed.stderr
+
+
+def test_a_reader_on_a_full_disk_says_the_disk_is_full(tmp_path, tmpfs, sample_mirror_factory):
+    # SQLite creates the write-ahead log when a catalog is opened; on a full disk it cannot, and the
+    # reader saw only "PRAGMA journal_mode=WAL: disk I/O error".
+    catalog = tmp_path / "catalog"
+    if not tmpfs(catalog, "4m"):
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    assert run(["ingest", "chartqa", "--mirror", str(sample_mirror_factory("chartqa", rows=10)),
+                "--catalog", str(catalog)]).returncode == 0
+    filler = catalog / "filler"
+    with open(filler, "wb") as f:
+        with pytest.raises(OSError):  # ENOSPC
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    read = run(["validate", "--catalog", str(catalog)])
+    assert read.returncode == 2 and "the disk holding it is full" in read.stderr, read.stderr
+    filler.unlink()
+    assert run(["validate", "--catalog", str(catalog)]).returncode == 0
 
 
 # --- Faults in the input files.

@@ -112,6 +112,11 @@ def sample_id(source: str, split: str, source_key: str) -> int:
     return int.from_bytes(digest, "big")
 
 
+def _unfinished(where) -> CatalogError:
+    return CatalogError(f"the catalog at {where} is not laid out yet: it is being created, or its creation was "
+                        "interrupted; wait, or run the ingest (or ocrcat init) again")
+
+
 class Catalog:
     """An open catalog. Use as a context manager; `read_only=True` for queries; `at=N` reads
     snapshot N (read-only) as it was when committed; `create=False` refuses a path that holds no
@@ -163,6 +168,7 @@ class Catalog:
         self.con = connect(shared=self.shared is not None)
         if self.read_only:
             self._attach()
+            self._check_laid_out()
         else:
             with self.commit_lock():  # two processes creating one lake must not both lay it out
                 self._attach()
@@ -205,8 +211,20 @@ class Catalog:
                 raise CatalogError(f"catalog {self.dir} has no snapshot {self.at}; list them with "
                                    "`ocrcat history`") from None
             where = self.shared["file"] if self.shared else self.dir
+            empty = not self.shared and self.metadata_path.is_file() and self.metadata_path.stat().st_size == 0
+            if self.read_only and (empty or "creating a new DuckLake is explicitly disabled" in message):
+                raise _unfinished(where) from None
+            if not self.shared and "disk I/O error" in message and shutil.disk_usage(self.dir).free < 1 << 20:
+                message += " (the disk holding it is full: SQLite cannot open its write-ahead log; free some space)"
             raise CatalogError(f"cannot open the catalog at {where}: {message}") from None
         self.con.execute(f"USE {LAKE}")
+
+    def _check_laid_out(self) -> None:
+        """A reader found a lake whose creation has not finished (still under way, or killed)."""
+        present = {name for (name,) in self.con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [LAKE]).fetchall()}
+        if not present >= set(TABLES):
+            raise _unfinished(self.dir)
 
     def _create_tables(self, vision_mode: str | None) -> None:
         present = {name for (name,) in self.con.execute(
