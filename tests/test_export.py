@@ -328,3 +328,34 @@ def test_a_corrupt_lake_file_is_named_not_hidden_behind_an_aborted_transaction(s
             export_mixture(cat, "charts", tmp_path / "out")
         assert cat.con.execute("SELECT 1").fetchone() == (1,)  # rolled back: the connection works again
     assert data.name in str(caught.value) and "aborted" not in str(caught.value)
+
+
+def test_a_killed_exports_plan_folder_is_removed_by_the_next_export(catalog, tmp_path):
+    # The plan folder holds a copy of the joined rows; a killed export left it behind for good.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    out.mkdir()
+    script = (f"from ocrcat.catalog import Catalog\nfrom ocrcat.mix.export import export_mixture\n"
+              f"with Catalog({str(catalog)!r}, read_only=True) as cat:\n"
+              f"    export_mixture(cat, 'm', {str(out)!r}, memory_limit=None)\n")
+    for _ in range(5):  # the folder lives for a fraction of a second: catch it
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        while proc.poll() is None and not list(out.glob(".ocrcat-plan-*")):
+            time.sleep(0.002)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            break
+    left = list(out.glob(".ocrcat-plan-*"))
+    assert left, "the export ended before it could be killed"
+    live = out / f".ocrcat-plan-{os.getpid()}-x"  # a running export's folder (this process is alive)
+    live.mkdir()
+    with Catalog(catalog, read_only=True) as cat:
+        export_mixture(cat, "m", out)
+    assert list(out.glob(".ocrcat-plan-*")) == [live]
+    assert (out / "m.all.parquet").is_file()

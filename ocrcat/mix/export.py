@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 from ocrcat.catalog import Catalog
 from ocrcat.catalog.snapshots import stable_snapshot
 from ocrcat.catalog.sqltext import sql_string
+from ocrcat.catalog.store import process_alive
 from ocrcat.mix.mixtures import PLAN_ORDER, MixtureError, check_split, entries_sql, get_mixture
 
 ROW_GROUP = 1024
@@ -77,7 +78,8 @@ def plan_rows(catalog: Catalog, definition: dict, split: str | None, image_prefi
     """
     n = catalog.con.execute("SELECT count(*) FROM samples").fetchone()[0]
     bits = min(8, max(1, math.ceil(math.log2(max(n, 1) / BUCKET_ROWS))))
-    parts = Path(tempfile.mkdtemp(prefix=".ocrcat-plan-", dir=work))
+    _remove_abandoned_plans(work)
+    parts = Path(tempfile.mkdtemp(prefix=f"{PLAN_PREFIX}{os.getpid()}-", dir=work))
     try:
         catalog.con.execute(f"""
             COPY (WITH e AS ({entries_sql(definition, split)})
@@ -116,6 +118,18 @@ def plan_rows(catalog: Catalog, definition: dict, split: str | None, image_prefi
             rows.close()  # waits for a bucket still being sorted before its files go
     finally:
         shutil.rmtree(parts, ignore_errors=True)
+
+
+PLAN_PREFIX = ".ocrcat-plan-"  # + the pid of the export writing it
+
+
+def _remove_abandoned_plans(work: Path) -> None:
+    """Delete the plan folders of exports that were killed (their process is gone): a copy of the
+    joined rows each, which nothing else would ever remove."""
+    for folder in work.glob(f"{PLAN_PREFIX}*"):
+        pid = folder.name.removeprefix(PLAN_PREFIX).split("-", 1)[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def catalog_state(catalog: Catalog) -> dict:
