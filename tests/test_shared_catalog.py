@@ -167,6 +167,21 @@ def test_sweep_deletes_only_unreferenced_images_under_its_prefix(mirror, tmp_pat
         assert compact(cat)["images_swept"] == 1
     assert fs.get_file_info(f"{base}/{late}").type == pafs.FileType.NotFound
 
+    # A run in progress of the same source keeps even objects written long before it started: its
+    # workers find them stored and do not write them again, and its rows will point to them. (moto
+    # cannot backdate an object: a start an hour ahead makes this one "older" than the run by as much.)
+    old = f"images/chartqa/ef/{'ef' + '0' * 62}.png"
+    with fs.open_output_stream(f"{base}/{old}") as f:
+        f.write(b"x")
+    with Catalog(config) as cat:
+        cat.commit(lambda con: con.execute(
+            "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status) "
+            "VALUES (998, 'chartqa', 'val', 'x', '{}', now() + INTERVAL 1 HOUR, 'running')"), "a chartqa run elsewhere")
+        assert compact(cat)["images_swept"] == 0
+        assert fs.get_file_info(f"{base}/{old}").type == pafs.FileType.File
+        cat.commit(lambda con: con.execute("UPDATE ingest_runs SET status = 'failed' WHERE run_id = 998"), "it ended")
+        assert compact(cat)["images_swept"] == 1
+
     # Write-once: storing an image that exists does not rewrite the object.
     image = next(k for k in after if k.startswith("images/chartqa/") and k.endswith(".png"))
     mtime = fs.get_file_info(f"{base}/{image}").mtime

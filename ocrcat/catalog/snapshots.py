@@ -212,13 +212,18 @@ def sweep_images(catalog: Catalog, source: str | None = None) -> int:
     # judged in each by that source's rows, and memory holds one source's keys.
     if not catalog.shared:
         return sum(catalog.images.sweep(s, referenced_images(catalog, s)) for s in sources)
-    # Shared: a run on another machine stores images before its rows commit, and its lock is not
-    # visible here; its `running` row is. Objects written since the oldest running run started
-    # (less a margin for clock skew) are kept. A killed run that is never resumed holds this back.
+    # Shared: a run on another machine holds no lock visible here; its `running` row is. Its source
+    # is not swept at all: its workers store new images before its rows commit, and reuse images
+    # already stored, however old, that its rows will point to. Of other sources, objects written
+    # since the oldest running run started (less a margin for clock skew) are kept. A killed run that
+    # is never resumed holds this back (the next run of its split marks it interrupted).
+    running = {source for (source,) in catalog.con.execute(
+        "SELECT DISTINCT source FROM ingest_runs WHERE status = 'running'").fetchall()}
     since = catalog.con.execute(  # started_at is a local TIMESTAMP: as epoch seconds, less 10 minutes
         "SELECT epoch(min(started_at) AT TIME ZONE current_setting('TimeZone')) - 600 FROM ingest_runs "
         "WHERE status = 'running'").fetchone()[0]
-    return sum(catalog.images.sweep(s, referenced_images(catalog, s), newer_kept=since) for s in sources)
+    return sum(catalog.images.sweep(s, referenced_images(catalog, s), newer_kept=since)
+               for s in sources if s not in running)
 
 
 def compact(catalog: Catalog, *, older_than_snapshot: int | None = None, source: str | None = None,
