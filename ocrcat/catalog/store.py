@@ -221,14 +221,15 @@ class Catalog:
 
     def _check_laid_out(self) -> None:
         """A reader found a lake whose creation has not finished (still under way, or killed)."""
-        present = {name for (name,) in self.con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [LAKE]).fetchall()}
-        if not present >= set(TABLES):
+        if not self._tables() >= set(TABLES):
             raise _unfinished(self.dir)
 
-    def _create_tables(self, vision_mode: str | None) -> None:
-        present = {name for (name,) in self.con.execute(
+    def _tables(self) -> set[str]:
+        return {name for (name,) in self.con.execute(
             "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [LAKE]).fetchall()}
+
+    def _create_tables(self, vision_mode: str | None) -> None:
+        present = self._tables()
         if present >= set(TABLES):
             return  # an existing catalog: no empty snapshot for every open
         mode = vision.get_mode(vision_mode or vision.DEFAULT_MODE).name

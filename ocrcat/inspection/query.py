@@ -36,7 +36,6 @@ import duckdb
 
 from ocrcat.catalog import Catalog, CatalogError
 from ocrcat.catalog.snapshots import metadata_table
-from ocrcat.catalog.store import LAKE
 from ocrcat.catalog.sqltext import bind_json_arrows
 
 QUERY_TYPES = {duckdb.StatementType.SELECT}
@@ -138,22 +137,11 @@ def _readable(cat: Catalog, allow: Sequence[str | os.PathLike]) -> tuple[list[st
 
 def _catalog_files(cat: Catalog) -> list[str]:
     """Files the catalog's tables are read from while external access is off: exactly the Parquet
-    data and delete files of every table in the snapshot being read (`ducklake_list_files`), never
-    the folder, which would let DuckLake's maintenance functions write and delete in it. The
-    metadata file (catalog.sqlite) is opened by SQLite itself, not through DuckDB's file checks."""
-    files = []
-    tables = cat.con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [LAKE]).fetchall()
-    for (table,) in tables:
-        for data, delete in cat.con.execute("SELECT data_file, delete_file FROM ducklake_list_files(?, ?)",
-                                            [LAKE, table]).fetchall():
-            files += [f for f in (data, delete) if f]
-    return files + _files_of_kept_snapshots(cat)
-
-
-def _files_of_kept_snapshots(cat: Catalog) -> list[str]:
-    """Every data and delete file the lake still records, current or not: what `AT (VERSION => N)`
-    reads for an older kept snapshot. Paths are resolved as DuckLake resolves them: a relative file
-    path under its table's, the table's under its schema's, the schema's under the data path."""
+    data and delete files the lake records, those of older kept snapshots too (what `AT (VERSION
+    => N)` reads), never the folder, which would let DuckLake's maintenance functions write and
+    delete in it. The metadata file (catalog.sqlite) is opened by SQLite itself, not through
+    DuckDB's file checks. Paths are resolved as DuckLake resolves them: a relative file path under
+    its table's, the table's under its schema's, the schema's under the data path."""
     data_path = (cat.shared["data"] + "/lake/") if cat.shared else cat.data_path.resolve().as_posix() + "/"
 
     def under(parent: str, path: str, relative: str) -> str:
