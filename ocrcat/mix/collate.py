@@ -19,6 +19,7 @@ from ocrcat.mix.tokenizer import Tokenizer
 # "all": every next token is a target (pre-training, SPEC 5); "assistant": only the answer's ids
 # (assistant content and <|assistant_end|>), as nanochat's SFT.
 LOSSES = ("all", "assistant")
+_PIXELS = ("pixel_values", "crop_values")  # the batch's large tensors
 
 
 @dataclass
@@ -34,6 +35,17 @@ class Batch:
     lengths: torch.Tensor  # (B,) long: real (unpadded) input tokens per row
     truncated: torch.Tensor  # (B,) bool
     dropped: int = 0  # items of this batch the Dataset dropped as over-long
+
+    def __reduce__(self):
+        # How a batch leaves a DataLoader worker. Torch sends every tensor through a shared-memory
+        # file of its own (created and filled in the worker, its descriptor passed over a socket,
+        # mapped and later unmapped in the training process); the eight small ones (a few KB) go
+        # inside the pickle instead, as arrays, and only the pixels use shared memory.
+        small = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _PIXELS}
+        if any(isinstance(v, torch.Tensor) and v.device.type != "cpu" for v in small.values()):
+            return Batch, tuple(getattr(self, f.name) for f in fields(self))
+        arrays = {k: v.detach().numpy() if isinstance(v, torch.Tensor) else v for k, v in small.items()}
+        return _rebuild, (self.pixel_values, self.crop_values, arrays)
 
     def __iter__(self):
         # `inputs, targets, pixel_values, images_seq_mask = batch`, as the data plan's loop unpacks it.
@@ -93,6 +105,11 @@ class Batch:
                     v = _normalise(v, dtype) if v.dtype == torch.uint8 else v.to(dtype)
             moved[f.name] = v
         return Batch(**moved)
+
+
+def _rebuild(pixel_values: torch.Tensor, crop_values: torch.Tensor, small: dict) -> Batch:
+    tensors = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in small.items()}
+    return Batch(pixel_values=pixel_values, crop_values=crop_values, **tensors)
 
 
 def _normalise(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
