@@ -55,6 +55,11 @@ def vision_turns(text: str, response: str | None, prompt: str = TRANSCRIBE_PROMP
     return (head + "\n" + prompt if head else prompt), tail[1:] if tail.startswith("\n") else tail
 
 
+def _answer_from(cut: int, n: int) -> list[bool]:
+    """The answer mask of n ids whose answer starts at id `cut`."""
+    return [False] * cut + [True] * (n - cut)
+
+
 class Tokenizer:
     """Common part: back ends provide `encode(text)`, `specials` (name -> id) and `vocab_size`."""
 
@@ -156,17 +161,17 @@ class Tokenizer:
             ids += [s["<|user_end|>"], s["<|assistant_start|>"]]
             cut = len(ids)
             ids += self.encode(answer) + [self.assistant_end_id]
-            return ids, positions, [i >= cut for i in range(len(ids))]
+            return ids, positions, _answer_from(cut, len(ids))
         ids, positions = self.render_vision_pretraining(text, response, image_token_counts)
         # The prompt as the plain layout writes it: the text and the joining newline, or a
         # transcription row's placeholders and the newline after them.
         head = text + "\n" if response is not None else text[:len(text) - len(answer)]
         prefix: list[int] = [self.bos_id]
         self._extend_with_images(prefix, head, image_token_counts, [])
-        cut = 0
-        while cut < min(len(prefix), len(ids) - 1) and prefix[cut] == ids[cut]:
+        cut, limit = 0, min(len(prefix), len(ids) - 1)
+        while cut < limit and prefix[cut] == ids[cut]:
             cut += 1
-        return ids, positions, [i >= cut for i in range(len(ids))]
+        return ids, positions, _answer_from(cut, len(ids))
 
     def render_conversation(self, messages: list[dict]) -> list[int]:
         """nanochat chat format; a system message is folded into the first user turn as nanochat does."""
