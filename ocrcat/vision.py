@@ -32,6 +32,8 @@ class VisionMode:
         return self.tile_size > 0
 
 
+IMAGE_PLACEHOLDER = "<image>"  # how catalog text marks where an image goes: once, first, in a vision row
+
 MODES: dict[str, VisionMode] = {
     "tiny": VisionMode("tiny", 512, pad=False),
     "small": VisionMode("small", 640, pad=False),

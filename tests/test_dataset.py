@@ -173,6 +173,18 @@ def test_split_selects_the_split_file(small_catalog, tmp_path):
         MixtureDataset(export, split="val")
 
 
+def test_a_row_with_a_second_placeholder_names_itself_and_the_way_out(small_catalog, tmp_path):
+    # Ingest makes such rows error rows now; a catalog from before may still hold them.
+    sql = ("SELECT * REPLACE (text || ' <image>' AS text) FROM samples WHERE source = 'chartqa' "
+           "ORDER BY sample_id LIMIT 1")
+    with Catalog(small_catalog, read_only=True) as cat:
+        ds = MixtureDataset.from_query(cat, sql, cache_dir=tmp_path / "cache")
+        [(sid,)] = cat.con.execute(f"SELECT sample_id FROM ({sql})").fetchall()
+    with pytest.raises(ValueError, match=rf"sample {sid} \(position 0\): text has 2 <image> placeholders but "
+                                         r"1 images were given; `ocrcat validate` lists such rows"):
+        ds[0]
+
+
 def test_dataset_over_a_catalog_query(small_catalog, tmp_path):
     sql = "SELECT * FROM samples WHERE source = 'chartqa' ORDER BY sample_id"
     with Catalog(small_catalog, read_only=True) as cat:

@@ -188,6 +188,24 @@ def test_a_json_lone_surrogate_is_one_error_row_not_a_failed_shard(tmp_path):
                            "JSON escape such as \\ud800 without its pair); record skipped")]
 
 
+def test_a_question_holding_the_literal_image_placeholder_is_an_error_row(tmp_path):
+    """The tokenizer puts the image where `<image>` stands: a second one in a vision row's text (a
+    question or transcript quoting it) would stop training at that row. It is an error row; the
+    others land and the export's rows all tokenize."""
+    rows = [{"image": small_png(), "query": "How tall is the bar?", "label": ["3"], "human_or_machine": 0},
+            {"image": small_png(), "query": "What does the <image> tag mean?", "label": ["a picture"],
+             "human_or_machine": 1}]
+    write_hub_parquet(tmp_path / "m/chartqa" / TRAIN, rows, chartqa.FEATURES)
+    r = run("ingest", "chartqa", "--mirror", str(tmp_path / "m"), "--catalog", str(tmp_path / "c"))
+    assert r.returncode == 0, r.stderr
+    assert table(tmp_path / "c", "SELECT source_key, text FROM samples") == [
+        (f"{TRAIN}#0", "<image>\nQuestion: How tall is the bar?")]
+    assert table(tmp_path / "c", "SELECT source_key, stage, message FROM ingest_errors") == [
+        (f"{TRAIN}#1", "map", "the text holds 2 <image> placeholders; a vision row has exactly one, where its image "
+                              "goes (the transcript or question contains the literal text <image>, which the "
+                              "training format reserves); record skipped")]
+
+
 # --- Point 7: one-line messages, nothing created or replaced by a refused command.
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ocrcat.vision import IMAGE_PLACEHOLDER
+
 
 class MirrorError(ValueError):
     """The mirror lacks files the ingester needs, or they are not in the hub's layout."""
@@ -100,7 +102,7 @@ Record = Sample | Rejected | Skipped
 
 def vision_prompt(prompt: str) -> str:
     """The `text` of a vision row: the image tag, a newline, then the prompt."""
-    return f"<image>\n{prompt}"
+    return f"{IMAGE_PLACEHOLDER}\n{prompt}"
 
 
 def require_files(root: Path, pattern: str, what: str) -> list[Path]:

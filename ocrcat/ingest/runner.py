@@ -797,6 +797,20 @@ def _not_unicode(row: dict) -> str | None:
     return None
 
 
+def _placeholders(text: str) -> str | None:
+    """What is wrong when a vision row's text does not hold exactly one image placeholder, else None.
+
+    The tokenizer puts the image where `<image>` stands; a transcript or question that contains the
+    literal text `<image>` cannot be told apart from it, and training would stop at the row.
+    """
+    n = text.count(vision.IMAGE_PLACEHOLDER)
+    if n == 1:
+        return None
+    return (f"the text holds {n} {vision.IMAGE_PLACEHOLDER} placeholders; a vision row has exactly one, where its "
+            f"image goes (the transcript or question contains the literal text {vision.IMAGE_PLACEHOLDER}, which "
+            "the training format reserves); record skipped")
+
+
 def _printable(text: str) -> str:
     """`text` with lone surrogates written \\udXXX, so that it can be stored (keys, messages)."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -817,7 +831,7 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
         "messages": _to_json(record.messages) if record.messages is not None else None,
         "meta": _to_sorted_json(record.meta or {}),
     }
-    if (why := _not_unicode(row)) is not None:
+    if (why := _not_unicode(row) or (_placeholders(record.text) if kind == "vision" else None)) is not None:
         result.errors.append(Rejected(record.source_key, "map", why))  # the key is made storable on commit
         return None
     row["sample_id"] = sample_id(source, split, record.source_key)

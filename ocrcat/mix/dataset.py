@@ -195,8 +195,13 @@ class MixtureDataset(torch.utils.data.Dataset):
                 crops.append(img.crops)
                 grids.append(img.grid)
                 counts.append(img.tokens)
-            ids, starts, answer = self.tokenizer.render_vision(r["text"], r["response"], counts,
-                                                               layout=self.layout, prompt=self.prompt)
+            try:
+                ids, starts, answer = self.tokenizer.render_vision(r["text"], r["response"], counts,
+                                                                   layout=self.layout, prompt=self.prompt)
+            except ValueError as exc:  # placeholders and images disagree: a catalog from before ingest checked it
+                raise ValueError(f"sample {r['sample_id']} (position {r['position']}): {exc}; `ocrcat validate` "
+                                 "lists such rows (image_prefix); ingesting the source again makes them error rows, "
+                                 "or keep them out of the mixture") from None
         truncated = False
         if self.max_len is not None and len(ids) > self.max_len:
             image_end = max((s + c for s, c in zip(starts, counts)), default=1)

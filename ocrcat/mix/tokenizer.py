@@ -21,6 +21,8 @@ import os
 import pickle
 from pathlib import Path
 
+from ocrcat.vision import IMAGE_PLACEHOLDER
+
 # nanochat's nine special tokens, in its order; the byte tokenizer adds `<|image|>` after them.
 SPECIAL_TOKENS = [
     "<|bos|>",
@@ -34,7 +36,6 @@ SPECIAL_TOKENS = [
     "<|output_end|>",
 ]
 IMAGE_TOKEN = "<|image|>"
-IMAGE_PLACEHOLDER = "<image>"  # how catalog text marks where an image goes
 # DeepSeek-OCR's prompt for plain transcription: the user turn of a row whose text is the transcript
 # itself (DocBank, olmOCR: no response) in chat layout.
 TRANSCRIBE_PROMPT = "Free OCR."
