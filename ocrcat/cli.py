@@ -821,8 +821,11 @@ def compact(
     if as_json:
         print_json(result)
     else:
-        console.print(f"data files {result['data_files_before']} -> {result['data_files_after']}, "
-                      f"{result['expired_snapshots']} snapshots expired, {result['images_swept']} image files swept")
+        flushed = result["inlined_tables_flushed"]
+        written = f" ({flushed} tables' rows kept in the metadata written out as files)" if flushed else ""
+        console.print(f"data files {result['data_files_before']} -> {result['data_files_after']}{written}, "
+                      f"{result['expired_snapshots']} snapshots expired, {result['images_swept']} image files swept",
+                      soft_wrap=True)
 
 
 @app.command()

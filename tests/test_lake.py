@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,25 @@ def test_export_at_a_snapshot_is_byte_identical_after_later_ingests(sample_mirro
     missing = subprocess.run(OCRCAT + ["export", "charts", "--out", str(tmp_path / "x"), "--at", "99999",
                                        "--catalog", str(catalog_dir)], capture_output=True, text=True)
     assert missing.returncode == 2 and "has no snapshot 99999" in missing.stderr
+
+
+def test_compact_says_why_the_file_count_can_rise(sample_mirror_factory, tmp_path):
+    # An ingest leaves its bookkeeping rows inline in the metadata; compact writes each such table's
+    # rows out as a file, so there can be more data files after than before: the message says so.
+    catalog_dir = tmp_path / "catalog"
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "mathwriting", mirror=sample_mirror_factory("mathwriting"))
+        [[inlined]] = cat.con.execute(
+            "SELECT count(*) FROM __ducklake_metadata_lake.ducklake_inlined_data_tables").fetchall()
+    assert inlined > 0
+    first = subprocess.run(OCRCAT + ["compact", "--catalog", str(catalog_dir)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    before, after, flushed = map(int, re.fullmatch(
+        r"data files (\d+) -> (\d+) \((\d+) tables' rows kept in the metadata written out as files\), "
+        r"\d+ snapshots expired, 0 image files swept\n", first.stdout).groups())
+    assert 0 < flushed <= inlined and after > before
+    again = subprocess.run(OCRCAT + ["compact", "--catalog", str(catalog_dir)], capture_output=True, text=True)
+    assert re.fullmatch(rf"data files {after} -> {after}, 0 snapshots expired, 0 image files swept\n", again.stdout)
 
 
 def test_rollback_past_a_replaced_split_whose_rows_share_a_file_with_another_run(sample_mirror_factory, tmp_path):
