@@ -173,6 +173,17 @@ def test_split_selects_the_split_file(small_catalog, tmp_path):
         MixtureDataset(export, split="val")
 
 
+def test_a_plain_export_of_a_shared_catalog_is_refused_when_opened(small_catalog, tmp_path):
+    # Its image paths are object-storage URLs; they used to be joined to the export folder and fail
+    # at the first item with a garbled local path.
+    export = make_export(small_catalog, tmp_path / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    (export / "manifest.json").write_text(json.dumps({**manifest, "image_root": "s3://bucket/catalog"}))
+    with pytest.raises(ValueError, match=r"images are on object storage \(s3://bucket/catalog, a shared catalog\) "
+                                         r"and MixtureDataset opens local image files only; export with --embed-images"):
+        MixtureDataset(export)
+
+
 def test_a_row_with_a_second_placeholder_names_itself_and_the_way_out(small_catalog, tmp_path):
     # Ingest makes such rows error rows now; a catalog from before may still hold them.
     sql = ("SELECT * REPLACE (text || ' <image>' AS text) FROM samples WHERE source = 'chartqa' "

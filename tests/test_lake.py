@@ -108,6 +108,27 @@ def test_two_concurrent_ingests_equal_sequential(sample_mirror_factory, tmp_path
     assert image_files(together) == image_files(one_by_one)
 
 
+def test_a_run_whose_id_another_machine_took_too_moves_to_a_new_one(sample_mirror_factory, tmp_path):
+    # Machines sharing a catalog do not share the commit lock: two runs starting at the same moment
+    # can both take max + 1, and each one's updates used to land on the other's row too (a run
+    # marked completed, with the other's row count, while it was still running). Here the other
+    # machine's row is written with the id this run took; the run moves, the other keeps its id.
+    from ocrcat.ingest.runner import _start_run, _unique_run_id
+
+    catalog_dir = tmp_path / "catalog"
+    with Catalog(catalog_dir) as cat:
+        ingest(cat, "mathwriting", mirror=sample_mirror_factory("mathwriting"), splits=["train"])  # run 1
+        run_id, _ = _start_run(cat, "chartqa", "train", "f", {})
+        assert run_id == 2
+        cat.commit(lambda con: con.execute(
+            "INSERT INTO ingest_runs (run_id, source, split, fingerprint, arguments, started_at, status) "
+            "VALUES (2, 'latex_formulas', 'train', 'g', '{}', now(), 'running')"), "the other machine's start")
+        assert _unique_run_id(cat, run_id, "chartqa", "train") == 3
+        assert cat.con.execute("SELECT run_id, source, status FROM ingest_runs ORDER BY run_id").fetchall() == [
+            (1, "mathwriting", "completed"), (2, "latex_formulas", "running"), (3, "chartqa", "running")]
+        assert _unique_run_id(cat, 2, "latex_formulas", "train") == 2  # unique now: nothing moves
+
+
 def test_export_at_a_snapshot_is_byte_identical_after_later_ingests(sample_mirror_factory, tmp_path):
     catalog_dir = tmp_path / "catalog"
     with Catalog(catalog_dir) as cat:

@@ -19,6 +19,7 @@ from ocrcat.catalog import Catalog
 from ocrcat.catalog.objects import filesystem
 from ocrcat.catalog.snapshots import compact
 from ocrcat.ingest.runner import ingest
+from ocrcat.inspection.validate import validate
 from ocrcat.mix.embed import export_embedded
 from ocrcat.mix.export import export_mixture
 from ocrcat.mix.mixtures import create_mixture
@@ -129,6 +130,22 @@ def test_ray_ingest_into_postgres_and_s3_equals_the_local_default(mirror, local_
     shared_rows = pq.read_table(tmp_path / "shared-export" / embedded["files"][0]).drop(["image_path"])
     local_rows = pq.read_table(tmp_path / "local-export" / local_embedded["files"][0]).drop(["image_path"])
     assert shared_rows.num_rows > 0 and shared_rows.equals(local_rows)
+
+
+def test_validate_checks_a_shared_catalogs_images_as_objects(mirror, tmp_path):
+    # It used to look for every image as a local file: a healthy shared catalog failed validate.
+    config, data = shared_catalog(tmp_path)
+    with Catalog(config) as cat:
+        ingest(cat, "chartqa", mirror=mirror, splits=["train"])
+        [(rows, first)] = cat.con.execute("SELECT count(*), min(image_path) FROM samples").fetchall()
+        checks = {(r.source, r.check): r for r in validate(cat, deep=True)}
+        assert checks[("chartqa", "image_path")].failed == 0 and checks[("chartqa", "image_decodes")].failed == 0
+        fs, base = filesystem(data)
+        fs.delete_file(f"{base}/{first}")
+        checks = {(r.source, r.check): r for r in validate(cat, deep=True)}
+    gone = checks[("chartqa", "image_path")]
+    assert gone.failed >= 1 and f"{first}: object missing under {data}" in gone.note
+    assert rows > gone.failed
 
 
 def test_sweep_deletes_only_unreferenced_images_under_its_prefix(mirror, tmp_path):

@@ -111,18 +111,19 @@ def test_sample_id_and_path_escape_are_caught(catalog):
 
 
 def test_path_and_image_problems(tmp_path):
-    assert path_problem(str(tmp_path), "/etc/passwd")
-    assert path_problem(str(tmp_path), "images/../../x.png")
-    assert path_problem(str(tmp_path), "images/a.png") == "images/a.png: file missing"
-    buf = io.BytesIO()
-    Image.new("RGB", (40, 30), "red").save(buf, "PNG")
-    (tmp_path / "ok.png").write_bytes(buf.getvalue())
-    sha = hashlib.sha256(buf.getvalue()).hexdigest()
-    assert image_problem(str(tmp_path), "ok.png", sha, 40, 30) is None
-    assert "decodes to 40x30" in image_problem(str(tmp_path), "ok.png", sha, 41, 30)
-    cut = buf.getvalue()[:60]  # a truncated file whose catalog hash matches: only decoding can tell
-    (tmp_path / "cut.png").write_bytes(cut)
-    assert "does not decode" in image_problem(str(tmp_path), "cut.png", hashlib.sha256(cut).hexdigest(), 40, 30)
+    with Catalog(tmp_path / "c") as cat:
+        assert path_problem(cat, "/etc/passwd")
+        assert path_problem(cat, "images/../../x.png")
+        assert path_problem(cat, "images/a.png") == "images/a.png: file missing"
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 30), "red").save(buf, "PNG")
+        (cat.dir / "ok.png").write_bytes(buf.getvalue())
+        sha = hashlib.sha256(buf.getvalue()).hexdigest()
+        assert image_problem(cat, "ok.png", sha, 40, 30) is None
+        assert "decodes to 40x30" in image_problem(cat, "ok.png", sha, 41, 30)
+        cut = buf.getvalue()[:60]  # a truncated file whose catalog hash matches: only decoding can tell
+        (cat.dir / "cut.png").write_bytes(cut)
+        assert "does not decode" in image_problem(cat, "cut.png", hashlib.sha256(cut).hexdigest(), 40, 30)
 
 
 def test_conversations_of_text_rows(catalog):

@@ -395,6 +395,17 @@ class ObjectImageStore(ImageStore):
 
         return self.fs.get_file_info(final).type != pafs.FileType.NotFound
 
+    def exists(self, rel: str) -> bool:
+        """Whether the object `rel` (a row's image_path) is stored."""
+        return self._exists(self._location(rel))
+
+    def keys(self) -> set[str]:
+        """Every stored object under images/, as rows name them (one listing)."""
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.base}/images", recursive=True, allow_not_found=True))
+        return {i.path.removeprefix(f"{self.base}/") for i in infos if i.type == pafs.FileType.File}
+
     def _write(self, final: str, data: bytes) -> None:
         try:
             with self.fs.open_output_stream(final) as f:  # visible only once the upload completes

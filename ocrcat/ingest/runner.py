@@ -34,6 +34,7 @@ import json
 import multiprocessing
 import multiprocessing.forkserver
 import os
+import random
 import signal
 import threading
 import time
@@ -443,8 +444,31 @@ def _start_run(catalog: Catalog, source: str, split: str, fingerprint: str,
         )
         return next_id, done
 
-    return catalog.commit(start, f"ingest {source}/{split}: run started", kind="run-start",
-                          source=source, split=split)
+    run_id, done = catalog.commit(start, f"ingest {source}/{split}: run started", kind="run-start",
+                                  source=source, split=split)
+    return _unique_run_id(catalog, run_id, source, split), done
+
+
+def _unique_run_id(catalog: Catalog, run_id: int, source: str, split: str) -> int:
+    """`run_id`, or a new id when another run took the same one; returns the run's id.
+
+    Machines sharing a catalog do not share the commit lock: two runs that start at the same moment
+    can both take max + 1, and then each one's updates would land on the other's row. After its
+    start is committed, a run that finds its id twice moves to a new one (the one that committed
+    last always sees both rows); if both move, they check again.
+    """
+    while catalog.con.execute("SELECT count(*) FROM ingest_runs WHERE run_id = ?", [run_id]).fetchone()[0] > 1:
+        time.sleep(random.random() * 0.2)  # two runs that both moved should not meet again
+
+        def move(con, old=run_id) -> int:
+            [[new]] = con.execute("SELECT max(run_id) + 1 FROM ingest_runs").fetchall()
+            con.execute("UPDATE ingest_runs SET run_id = ? WHERE run_id = ? AND source = ? AND split = ?",
+                        [new, old, source, split])
+            return new
+
+        run_id = catalog.commit(move, f"ingest {source}/{split}: run {run_id} renumbered (another run took its id)",
+                                kind="run-renumber", source=source, split=split)
+    return run_id
 
 
 class SeenIds:
@@ -545,8 +569,8 @@ def _commit_run(catalog: Catalog, source: str, split: str, fingerprint: str, sum
         )
         con.execute(
             "UPDATE ingest_runs SET status = 'completed', finished_at = now(), rows = ?, errors = ?, "
-            "skipped = ?, snapshot = ? WHERE run_id = ?",
-            [summary.rows, summary.errors, summary.skipped, catalog.next_snapshot(), summary.run_id],
+            "skipped = ?, snapshot = ? WHERE run_id = ? AND source = ? AND split = ?",
+            [summary.rows, summary.errors, summary.skipped, catalog.next_snapshot(), summary.run_id, source, split],
         )
 
     catalog.commit(replace, f"ingest {source}/{split}: completed, {summary.rows} rows (run {summary.run_id})",
@@ -558,9 +582,9 @@ def _end_run(catalog: Catalog, summary: RunSummary, message: str | None) -> None
     try:
         catalog.commit(lambda con: con.execute(
             "UPDATE ingest_runs SET status = ?, finished_at = now(), rows = ?, errors = ?, skipped = ?, "
-            "message = ?, snapshot = ? WHERE run_id = ?",
+            "message = ?, snapshot = ? WHERE run_id = ? AND source = ? AND split = ?",
             [summary.status, summary.rows, summary.errors, summary.skipped, message, catalog.next_snapshot(),
-             summary.run_id],
+             summary.run_id, summary.source, summary.split],
         ), f"ingest {summary.source}/{summary.split}: {summary.status} (run {summary.run_id})", kind="run-end",
             run_id=summary.run_id, source=summary.source, split=summary.split, status=summary.status)
     except Exception:

@@ -228,7 +228,7 @@ def _thumbnail(catalog: Catalog, image_path: str | None) -> tuple[str | None, st
     """(data URI of a small JPEG, None), or (None, why there is no picture)."""
     if not image_path:
         return None, "no image_path"
-    problem = path_problem(os.fspath(catalog.dir), image_path)
+    problem = path_problem(catalog, image_path)
     if problem:
         return None, problem
     try:

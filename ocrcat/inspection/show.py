@@ -47,7 +47,7 @@ def sample_facts(catalog: Catalog, sid: int, tokenizer=None) -> dict:
         sized = bool(w and h and w > 0 and h > 0)
         facts["image"] = {
             "file": os.fspath((catalog.dir / facts["image_path"]).absolute()),
-            "problem": path_problem(os.fspath(catalog.dir), facts["image_path"]),
+            "problem": path_problem(catalog, facts["image_path"]),
             "grid": list(vision.choose_grid(w, h, catalog.vision_mode)) if sized else None,
             "tokens_by_rule": catalog.count_image_tokens(w, h) if sized else None,
             "vision_mode": catalog.vision_mode,

@@ -123,22 +123,28 @@ def _sql_check(con, sources: list[str], check: str, population: str, failure: st
 
 def _image_path_check(con, catalog: Catalog, sources: list[str]) -> list[CheckResult]:
     bad: dict[str, str] = {}
-    root = os.fspath(catalog.dir)
+    # A shared catalog's images are objects: one listing instead of a request per image.
+    stored = catalog.images.keys() if catalog.shared else None
     for (path,) in _stream(con, "SELECT DISTINCT image_path FROM samples "
                         "WHERE list_contains(?, source) AND kind = 'vision' AND image_path IS NOT NULL", [sources]):
-        reason = path_problem(root, path)
+        reason = path_problem(catalog, path, stored)
         if reason:
             bad[path] = reason
     return _sql_check(con, sources, "image_path", "kind = 'vision'",
                       "image_path IS NULL OR bad.bad_key IS NOT NULL", bad, "image_path")
 
 
-def path_problem(root: str, path: str) -> str | None:
-    """Why `path` (relative to the catalog directory `root`) is not a usable image file, or None."""
+def path_problem(catalog: Catalog, path: str, stored: set[str] | None = None) -> str | None:
+    """Why `path` (relative to the catalog) is not a usable stored image, or None. On a shared
+    catalog the image is an object under its data URL; `stored`, when given, is every key there."""
     normal = posixpath.normpath(path)
     if posixpath.isabs(path) or "\\" in path or normal == ".." or normal.startswith("../"):
         # The catalog must stay movable and must never point outside itself.
         return f"{path}: not a relative path inside the catalog"
+    if catalog.shared:
+        present = normal in stored if stored is not None else catalog.images.exists(normal)
+        return None if present else f"{path}: object missing under {catalog.image_root}"
+    root = os.fspath(catalog.dir)
     full = os.path.join(root, normal)
     if not os.path.isfile(full):
         return f"{path}: file missing"
@@ -215,26 +221,24 @@ def _conversation_check(con, sources: list[str]) -> list[CheckResult]:
 
 
 def _image_decode_check(con, catalog: Catalog, sources: list[str], threads: int) -> list[CheckResult]:
-    root = os.fspath(catalog.dir)
     query = ("SELECT image_path, any_value(image_sha256), any_value(image_width), any_value(image_height) "
              "FROM samples WHERE list_contains(?, source) AND kind = 'vision' AND image_path IS NOT NULL GROUP BY 1")
     bad: dict[str, str] = {}
     # PIL releases the GIL while it decodes, so threads give real parallelism here.
     with ThreadPoolExecutor(threads) as pool:
         for batch in _batches(con, query, [sources]):
-            for (path, *_), reason in zip(batch, pool.map(lambda row: image_problem(root, *row), batch)):
+            for (path, *_), reason in zip(batch, pool.map(lambda row: image_problem(catalog, *row), batch)):
                 if reason:
                     bad[path] = reason
     return _sql_check(con, sources, "image_decodes", "kind = 'vision' AND image_path IS NOT NULL",
                       "bad.bad_key IS NOT NULL", bad, "image_path")
 
 
-def image_problem(root: str, path: str, sha256: str | None, width: int | None, height: int | None) -> str | None:
+def image_problem(catalog: Catalog, path: str, sha256: str | None, width: int | None, height: int | None) -> str | None:
     """Why the stored image at `path` does not match its catalog facts (full decode), or None."""
-    if path_problem(root, path):
-        return path_problem(root, path)
-    with open(os.path.join(root, posixpath.normpath(path)), "rb") as f:
-        data = f.read()
+    if problem := path_problem(catalog, path):
+        return problem
+    data = catalog.images.read(posixpath.normpath(path))
     if hashlib.sha256(data).hexdigest() != sha256:
         return f"{path}: content changed (sha256 differs from the catalog)"
     try:

@@ -107,6 +107,10 @@ class MixtureDataset(torch.utils.data.Dataset):
                 self.groups.append((f_i, g))
                 n += meta.row_group(g).num_rows
         self.n = n
+        if not self.embedded and "://" in str(manifest.get("image_root") or ""):
+            raise ValueError(f"{source}: this export's images are on object storage ({manifest['image_root']}, a "
+                             "shared catalog) and MixtureDataset opens local image files only; export with "
+                             "--embed-images, which puts each row's image bytes in the export")
         self.columns = COLUMNS + ["image"] if self.embedded else COLUMNS
         # Rows per row group (all but the last have as many): the sampler's `block` for streaming.
         self.row_group_size = self._file(0).metadata.row_group(0).num_rows if self.groups else 1
