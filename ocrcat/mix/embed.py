@@ -160,7 +160,8 @@ def _with_images(catalog: Catalog, table: pa.Table) -> pa.Table:
             images.append({"bytes": catalog.images.read(rel), "path": Path(rel).name})
         except OSError as exc:
             raise MixtureError(f"image {rel} of the plan cannot be read from {catalog.image_root} "
-                               f"({exc.strerror or exc}): run `ocrcat validate --deep` and re-ingest its source") from None
+                               f"({exc.strerror or exc}); if the storage is reachable, the image is gone: run "
+                               "`ocrcat validate --deep` and re-ingest its source, then export again") from None
     return table.append_column(EMBED_SCHEMA.field("image"), pa.array(images, IMAGE_TYPE)).replace_schema_metadata(
         EMBED_SCHEMA.metadata)
 
