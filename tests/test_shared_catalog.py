@@ -19,6 +19,8 @@ from ocrcat.catalog import Catalog
 from ocrcat.catalog.objects import filesystem
 from ocrcat.catalog.snapshots import compact
 from ocrcat.ingest.runner import ingest
+from ocrcat.inspection.report import _thumbnail
+from ocrcat.inspection.show import sample_facts
 from ocrcat.inspection.validate import validate
 from ocrcat.mix.embed import export_embedded
 from ocrcat.mix.export import export_mixture
@@ -140,6 +142,11 @@ def test_validate_checks_a_shared_catalogs_images_as_objects(mirror, tmp_path):
         [(rows, first)] = cat.con.execute("SELECT count(*), min(image_path) FROM samples").fetchall()
         checks = {(r.source, r.check): r for r in validate(cat, deep=True)}
         assert checks[("chartqa", "image_path")].failed == 0 and checks[("chartqa", "image_decodes")].failed == 0
+        [(sid,)] = cat.con.execute("SELECT sample_id FROM samples WHERE image_path = ? LIMIT 1", [first]).fetchall()
+        image = sample_facts(cat, sid)["image"]  # `ocrcat show`
+        assert image["problem"] is None and image["file"] == f"{data}/{first}"
+        uri, why = _thumbnail(cat, first)  # `ocrcat report`
+        assert why is None and uri.startswith("data:image/jpeg")
         fs, base = filesystem(data)
         fs.delete_file(f"{base}/{first}")
         checks = {(r.source, r.check): r for r in validate(cat, deep=True)}

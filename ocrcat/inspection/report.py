@@ -232,7 +232,7 @@ def _thumbnail(catalog: Catalog, image_path: str | None) -> tuple[str | None, st
     if problem:
         return None, problem
     try:
-        with Image.open(catalog.dir / image_path) as img:
+        with Image.open(io.BytesIO(catalog.images.read(image_path))) as img:  # a file, or a shared catalog's object
             img = ImageOps.exif_transpose(img)
             img.thumbnail(THUMB)
             if img.mode != "RGB":

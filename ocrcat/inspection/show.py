@@ -46,7 +46,8 @@ def sample_facts(catalog: Catalog, sid: int, tokenizer=None) -> dict:
         w, h = facts["image_width"], facts["image_height"]
         sized = bool(w and h and w > 0 and h > 0)
         facts["image"] = {
-            "file": os.fspath((catalog.dir / facts["image_path"]).absolute()),
+            "file": f"{catalog.image_root}/{facts['image_path']}" if catalog.shared
+                    else os.fspath((catalog.dir / facts["image_path"]).absolute()),
             "problem": path_problem(catalog, facts["image_path"]),
             "grid": list(vision.choose_grid(w, h, catalog.vision_mode)) if sized else None,
             "tokens_by_rule": catalog.count_image_tokens(w, h) if sized else None,
