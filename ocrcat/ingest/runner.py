@@ -855,7 +855,10 @@ def _to_row(record: Sample, kind: str, source: str, split: str, store: ImageStor
         "messages": _to_json(record.messages) if record.messages is not None else None,
         "meta": _to_sorted_json(record.meta or {}),
     }
-    if (why := _not_unicode(row) or (_placeholders(record.text) if kind == "vision" else None)) is not None:
+    why = _not_unicode(row)
+    if why is None and kind == "vision":
+        why = _placeholders(record.text)
+    if why is not None:
         result.errors.append(Rejected(record.source_key, "map", why))  # the key is made storable on commit
         return None
     row["sample_id"] = sample_id(source, split, record.source_key)
